@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything they need is installed
+# into .venv from the project's own files.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: venv demo test typecheck torture bench clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(VPY) setup.cfg pyproject.toml
+	$(VPY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VPY) -m bot demo
+
+typecheck: venv
+	$(VPY) -m mypy
+
+test: venv typecheck
+	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+torture: venv
+	$(VPY) -m pytest tests/torture -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: venv
+	$(VPY) -m pip install --quiet -e '.[test,bench]'
+	$(VPY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache

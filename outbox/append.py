@@ -1,0 +1,338 @@
+"""The append path: the only code a command runs to record an event.
+
+With ``durability="process"`` an append is one autocommit INSERT executed right here on the
+event loop's thread. That sounds wrong for asyncio, but the whole WAL commit costs less than the
+hop to a worker thread would (aiosqlite's hop is ~100 us; the commit ~10-30 us), and once it
+returns the row is in the WAL, which the OS keeps even if the process is killed.
+
+With ``durability="power"`` the WAL must reach the platter, which costs an fsync (~0.3-3 ms).
+Appends then queue up and one writer thread commits everything queued so far in a single
+transaction with one fsync: concurrent appenders share the cost (group commit).
+
+WAL checkpoints never run on the appending connection (``wal_autocheckpoint = 0``): a side
+thread runs a PASSIVE checkpoint every ``checkpoint_every`` appends, which never blocks writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import sqlite3
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from . import schema
+from .errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFullError
+from .ids import uuid7
+from .payload import check_topic, encode_payload
+
+__all__ = ["Outbox", "Durability"]
+
+log = logging.getLogger(__name__)
+
+Durability = Literal["process", "power"]
+
+_INSERT = "INSERT INTO events(id, topic, payload, created_at) VALUES (?, ?, ?, ?)"
+_ROW_OVERHEAD = 96  # bytes a row costs beyond its payload, near enough for the max_bytes estimate
+_MEASURE_EVERY = 256
+_CHASE_AFTER_S = 0.05
+_WAL_SIZE_LIMIT = 8 * 1024 * 1024  # the WAL file is cut back to this after it restarts
+
+
+class Outbox:
+    """A durable local queue of events, one SQLite file that several processes may share.
+
+    Parameters
+    ----------
+    path:
+        The outbox file; created (mode 0600) if missing, beside a ``PATH-ship`` side file that
+        the shipper creates.
+    durability:
+        ``"process"`` (default): an appended event survives the process being killed.
+        ``"power"``: it also survives power loss; concurrent appends share one fsync.
+    max_payload_bytes:
+        The largest serialised payload accepted; bigger ones raise :class:`PayloadError`.
+    max_bytes:
+        Room the events may take on disk (pages in use); past it ``append`` raises
+        :class:`OutboxFullError` until shipped events are pruned. ``None``: no limit.
+    checkpoint_every:
+        Appends between background WAL checkpoints, which keep the WAL file small.
+    on_corrupt:
+        ``"raise"`` (default) or ``"quarantine"``: move a damaged file aside as
+        ``PATH.corrupt-<time>`` (keeping it for inspection) and start a fresh outbox, so a
+        bot does not crash-loop on a file it cannot read.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "process",
+        max_payload_bytes: int = 65536,
+        max_bytes: int | None = None,
+        checkpoint_every: int = 1000,
+        on_corrupt: Literal["raise", "quarantine"] = "raise",
+    ) -> None:
+        if durability not in ("process", "power"):
+            raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
+        if max_payload_bytes <= 0:
+            raise ValueError("max_payload_bytes must be positive")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError("max_bytes must be positive or None")
+        self.path = Path(path)
+        self.durability: Durability = durability
+        self.max_payload_bytes = max_payload_bytes
+        self.max_bytes = max_bytes
+        self._checkpoint_every = max(1, checkpoint_every)
+        self._on_corrupt = on_corrupt
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._side: sqlite3.Connection | None = None  # checkpoints, from the worker thread
+        self._checkpointing: asyncio.Future[None] | None = None
+        self._since_checkpoint = 0
+        self._used_bytes = 0
+        self._since_measure = 0
+        self._queue: list[tuple[tuple[str, str, str, int], asyncio.Future[str]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.outbox_id = ""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> Outbox:
+        """Open (creating if needed) the outbox file."""
+        if self._conn is not None:
+            return self
+        if self._closed:
+            raise OutboxClosedError(f"outbox {self.path} is closed; make a new Outbox to reopen it")
+        sync = "FULL" if self.durability == "power" else "NORMAL"
+        try:
+            conn = schema.connect_events(self.path, synchronous=sync)
+        except OutboxCorruptError:
+            if self._on_corrupt != "quarantine":
+                raise
+            aside = _quarantine(self.path)
+            log.error("outbox %s was damaged; moved it to %s and started a fresh outbox", self.path, aside)
+            conn = schema.connect_events(self.path, synchronous=sync)
+        try:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+            self.outbox_id = schema.outbox_id_of(conn)
+            if self.max_bytes is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('max_bytes', ?)", (str(self.max_bytes),)
+                )
+                self._used_bytes = _used_bytes(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _translate(exc, self.path) from None
+        self._conn = conn
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        return self
+
+    async def close(self) -> None:
+        """Commit what is queued, wait for a running checkpoint, and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._checkpointing is not None:
+            try:
+                await self._checkpointing
+            except OutboxError:
+                pass
+        worker, side, conn = self._worker, self._side, self._conn
+        self._worker = self._side = self._conn = None
+        if worker is not None:
+            if side is not None:
+                worker.submit(side.close).result()
+            worker.shutdown(wait=True)
+        if conn is not None:
+            conn.close()
+
+    async def __aenter__(self) -> Outbox:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._conn is not None and not self._closed:
+            _warn(f"Outbox {self.path} was never closed", ResourceWarning, source=self)
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    # -- the hot path --------------------------------------------------------------------------
+
+    async def append(self, topic: str, payload: Mapping[str, Any]) -> str:
+        """Record one event durably and return its id (a UUIDv7 string).
+
+        When this returns, the event is committed: it survives ``kill -9`` (and, with
+        ``durability="power"``, power loss). Bad input raises :class:`PayloadError` and writes
+        nothing.
+        """
+        conn = self._conn
+        if conn is None or self._closed:
+            raise OutboxClosedError(
+                f"outbox {self.path} is closed" if self._closed else f"outbox {self.path} is not open"
+            )
+        topic = check_topic(topic)
+        text, size = encode_payload(payload, self.max_payload_bytes)
+        if self.max_bytes is not None:
+            self._reserve(conn, size)
+        row = (uuid7(), topic, text, time.time_ns() // 1000)
+        if self.durability == "power":
+            return await self._group_commit(row)
+        try:
+            conn.execute(_INSERT, row)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self._checkpoint_every:
+            self._start_checkpoint()
+        return row[0]
+
+    def _reserve(self, conn: sqlite3.Connection, size: int) -> None:
+        """Raise OutboxFullError if ``size`` more bytes would pass ``max_bytes``."""
+        assert self.max_bytes is not None
+        self._used_bytes += size + _ROW_OVERHEAD
+        self._since_measure += 1
+        if self._used_bytes > self.max_bytes or self._since_measure >= _MEASURE_EVERY:
+            try:
+                self._used_bytes = _used_bytes(conn) + size + _ROW_OVERHEAD
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from None
+            self._since_measure = 0
+            if self._used_bytes > self.max_bytes:
+                self._used_bytes -= size + _ROW_OVERHEAD
+                raise OutboxFullError(
+                    f"outbox {self.path} is full: {self._used_bytes} bytes in use, limit {self.max_bytes}"
+                    " (ship and prune events to make room)"
+                )
+
+    # -- durability="power": group commit ------------------------------------------------------
+
+    async def _group_commit(self, row: tuple[str, str, str, int]) -> str:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.append((row, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue, []
+            assert self._worker is not None
+            try:
+                await loop.run_in_executor(self._worker, self._commit_batch, [row for row, _ in batch])
+            except BaseException as exc:
+                error = _translate(exc, self.path) if isinstance(exc, sqlite3.Error) else exc
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for row, future in batch:
+                    if not future.done():
+                        future.set_result(row[0])
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= max(1, self._checkpoint_every // 16):
+            self._start_checkpoint()
+
+    def _commit_batch(self, rows: list[tuple[str, str, str, int]]) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- checkpoints, off the command path ------------------------------------------------------
+
+    def _start_checkpoint(self) -> None:
+        self._since_checkpoint = 0
+        if self._worker is None or (self._checkpointing is not None and not self._checkpointing.done()):
+            return
+        loop = asyncio.get_running_loop()
+        self._checkpointing = loop.run_in_executor(self._worker, self._checkpoint)
+        self._checkpointing.add_done_callback(_log_failure)
+        self._checkpointing.add_done_callback(lambda _: loop.call_later(_CHASE_AFTER_S, self._chase))
+
+    def _chase(self) -> None:
+        """Checkpoint what was appended during the last checkpoint, so a pause leaves none behind."""
+        if self._since_checkpoint and not self._closed:
+            self._start_checkpoint()
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._side is None:
+                self._side = schema.connect_events(self.path, create=False)
+                self._side.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}").close()
+            # PASSIVE never blocks an appender. The WAL restarts from its start at the first
+            # append after a checkpoint has caught up, i.e. after any pause in the appends.
+            self._side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (sqlite3.Error, OutboxError) as exc:
+            raise OutboxError(f"checkpoint of {self.path} failed: {exc}") from None
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("%s", future.exception())
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    # fetchall: a half-read cursor would hold a read snapshot and stop the WAL from restarting
+    pages = conn.execute("PRAGMA page_count").fetchall()[0][0]
+    free = conn.execute("PRAGMA freelist_count").fetchall()[0][0]
+    size = conn.execute("PRAGMA page_size").fetchall()[0][0]
+    return int((pages - free) * size)
+
+
+def _quarantine(path: Path) -> Path:
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm", "-ship", "-ship-wal", "-ship-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(Path(f"{aside}{suffix}"))
+    return aside
+
+
+_SQLITE_FULL, _SQLITE_BUSY, _SQLITE_LOCKED = 13, 5, 6
+_SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_READONLY = 11, 26, 8
+
+
+def _translate(exc: BaseException, path: Path) -> OutboxError:
+    """Map a sqlite3 error onto the outbox's error tree, naming the file."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == _SQLITE_FULL:
+        return OutboxFullError(f"the disk holding outbox {path} is full")
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return OutboxError(f"outbox {path} stayed locked by another writer for {schema.BUSY_TIMEOUT_MS} ms")
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return OutboxCorruptError(f"outbox {path} is damaged: {exc}")
+    if primary == _SQLITE_READONLY:
+        return OutboxError(f"outbox {path} is read-only: {exc}")
+    return OutboxError(f"outbox {path}: {exc}")

@@ -1,0 +1,218 @@
+"""The on-disk layout: two SQLite files, created 0600, versioned, recognisable.
+
+``PATH`` holds the events and is written only by appenders (and, rarely, by pruning), so an
+appender never waits on a lock held by the shipper. ``PATH-ship`` holds the shipper's side of
+things -- how far shipping has got, the dead letters, the last error -- so marking a batch as
+shipped never takes the events file's write lock.
+
+Event ``seq`` is SQLite's rowid: commits are serialised by SQLite's write lock and the rowid is
+``max + 1`` inside that lock, so a reader that has seen ``seq = n`` will never later see a new row
+below ``n``. ``AUTOINCREMENT`` would guarantee the same after deletes but costs ~35% of an append;
+instead, nothing ever deletes the row holding the highest ``seq``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+from .errors import NotAnOutboxError, OutboxCorruptError, OutboxError
+
+__all__ = [
+    "APPLICATION_ID",
+    "outbox_id_of",
+    "SCHEMA_VERSION",
+    "ship_path",
+    "connect_events",
+    "connect_ship",
+    "create_private_file",
+]
+
+APPLICATION_ID = 0x4F425831  # "OBX1" in the SQLite header: marks a file as ours
+SCHEMA_VERSION = 1
+SHIP_SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+
+_EVENTS_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,      -- rowid: commit order, never reused
+    id TEXT NOT NULL,             -- UUIDv7, unique by construction (Postgres's key refuses twins)
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,        -- JSON text, already checked to be valid for Postgres jsonb
+    created_at INTEGER NOT NULL   -- microseconds since the Unix epoch, UTC
+);
+"""
+
+_SHIP_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS progress (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    cursor INTEGER NOT NULL,      -- every event with seq <= cursor is shipped or a dead letter
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead (
+    seq INTEGER PRIMARY KEY,      -- the event's seq in the events file
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    error TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('dead', 'retry', 'dropped')),
+    attempts INTEGER NOT NULL DEFAULT 1,
+    failed_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_status ON dead(status);
+"""
+
+
+def ship_path(path: str | os.PathLike[str]) -> Path:
+    """Return the path of the shipper's side file for the outbox at ``path``."""
+    return Path(f"{os.fspath(path)}-ship")
+
+
+def create_private_file(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 unless it exists; return True if it was created.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the mode of the main file, so this is the one
+    place that decides who can read the events.
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise OutboxError(f"cannot create outbox file {path}: {exc.strerror}") from None
+    os.close(fd)
+    return True
+
+
+def _connect(path: Path, *, create: bool, synchronous: str) -> sqlite3.Connection:
+    if not create and not path.exists():
+        raise OutboxError(f"no outbox at {path}")
+    if path.is_dir():
+        raise OutboxError(f"{path} is a directory, not an outbox file")
+    if create:
+        create_private_file(path)
+    try:
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot open outbox {path}: {exc}") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _damaged(path, exc) from None
+    return conn
+
+
+def _damaged(path: Path, exc: sqlite3.Error) -> OutboxError:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return OutboxCorruptError(f"outbox {path} is damaged or not a SQLite file ({text})")
+    return OutboxError(f"outbox {path}: {text}")
+
+
+def _header(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    return app_id, version, tables
+
+
+def _ensure(
+    conn: sqlite3.Connection, path: Path, ddl: str, version: int, extra_meta: dict[str, str]
+) -> None:
+    """Check the header; lay out a new file inside one write transaction (several processes may race)."""
+    try:
+        app_id, found, tables = _header(conn)
+        if app_id == APPLICATION_ID and found == version:
+            return
+        if app_id == 0 and tables == 0:
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                raise OutboxError(f"outbox {path}: the filesystem does not support SQLite WAL mode")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                app_id, found, tables = _header(conn)
+                if app_id == 0 and tables == 0:
+                    for statement in ddl.split(";"):  # not executescript: it would COMMIT
+                        if statement.strip():
+                            conn.execute(statement)
+                    meta = {"created_at": str(time.time_ns() // 1000), **extra_meta}
+                    conn.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", meta.items())
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    conn.execute(f"PRAGMA user_version = {version}")
+                    app_id, found = APPLICATION_ID, version
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        if app_id != APPLICATION_ID:
+            raise NotAnOutboxError(f"{path} is a SQLite database but not an outbox")
+        if found > version:
+            raise OutboxError(
+                f"outbox {path} has schema version {found}; this release reads up to {version}: upgrade"
+            )
+        if found < version:  # no older layouts exist yet; migrations go here when they do
+            raise OutboxError(f"outbox {path} has unknown schema version {found}")
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(path, exc) from None
+
+
+def connect_events(
+    path: str | os.PathLike[str], *, create: bool = True, synchronous: str = "NORMAL"
+) -> sqlite3.Connection:
+    """Open (creating if asked) the events file, checked and in WAL mode, autocommit."""
+    p = Path(path)
+    conn = _connect(p, create=create, synchronous=synchronous)
+    try:
+        _ensure(conn, p, _EVENTS_DDL, SCHEMA_VERSION, {"outbox_id": str(uuid.uuid4())})
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_ship(path: str | os.PathLike[str], outbox_id: str) -> sqlite3.Connection:
+    """Open the shipper's side file of the outbox at ``path``, creating it if needed.
+
+    A side file left over from another outbox (the events file was replaced) is moved aside
+    rather than trusted: its cursor would mark the new file's events as already shipped.
+    """
+    p = ship_path(path)
+    conn = _connect(p, create=True, synchronous="NORMAL")
+    try:
+        _ensure(conn, p, _SHIP_DDL, SHIP_SCHEMA_VERSION, {"outbox_id": outbox_id})
+        row = conn.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+        if row is None or row[0] != outbox_id:
+            conn.close()
+            aside = p.with_name(f"{p.name}.orphan-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{p}{suffix}")
+                if src.exists():
+                    src.rename(Path(f"{aside}{suffix}"))
+            return connect_ship(path, outbox_id)
+        conn.execute(
+            "INSERT OR IGNORE INTO progress(one, cursor, updated_at) VALUES (1, 0, ?)",
+            (time.time_ns() // 1000,),
+        )
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _damaged(p, exc) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def outbox_id_of(conn: sqlite3.Connection) -> str:
+    """Return the id written into the events file when it was created."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+    if row is None:
+        raise OutboxCorruptError("outbox has no id in its meta table")
+    return str(row[0])

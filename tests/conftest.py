@@ -1,0 +1,53 @@
+"""Shared fixtures: a real Postgres with a fresh database per test, and outbox paths."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from pgserver import PgServer, start_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """One Postgres for the whole session: embedded, or the one in ``OUTBOX_TEST_DSN``."""
+    server = start_server(tmp_path_factory.mktemp("pg", numbered=True))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def pg_dsn(pg_server: PgServer) -> AsyncIterator[str]:
+    """A DSN for a brand-new, empty database, dropped after the test."""
+    dsn = await pg_server.create_database()
+    yield dsn
+    await pg_server.drop_database(dsn)
+
+
+@pytest.fixture
+def outbox_path(tmp_path: Path) -> Path:
+    """Where a test's outbox file goes."""
+    return tmp_path / "events.db"
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: this interpreter's path, the project importable."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env.pop("OUTBOX_DSN", None)
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+def run(coro: object) -> object:
+    """Run a coroutine to completion (for the few sync helpers that need one)."""
+    return asyncio.run(coro)  # type: ignore[arg-type]

@@ -1,0 +1,126 @@
+"""The read side: batches in order, the cursor, dead letters, status, pruning and import."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from outbox import Outbox, OutboxReader, PayloadError
+from outbox.maintenance import event_record, import_records, prune
+
+
+async def fill(path: Path, n: int, topic: str = "t") -> list[str]:
+    async with Outbox(path) as ob:
+        return [await ob.append(topic, {"i": i}) for i in range(n)]
+
+
+async def test_batches_come_in_order_and_the_cursor_only_moves_forward(outbox_path: Path) -> None:
+    ids = await fill(outbox_path, 25)
+    async with OutboxReader(outbox_path) as reader:
+        first = await reader.read_pending(10)
+        assert [e.id for e in first] == ids[:10]
+        await reader.advance(first[-1].seq)
+        await reader.advance(3)  # never moves back
+        assert await reader.cursor() == first[-1].seq
+        rest = await reader.read_pending(100)
+        assert [e.id for e in rest] == ids[10:]
+        status = await reader.status()
+        assert (status.pending, status.shipped, status.dead) == (15, 10, 0)
+        assert status.oldest_pending_age_s is not None and status.bytes > 0
+
+
+async def test_dead_letters_are_set_aside_retried_and_dropped(outbox_path: Path) -> None:
+    ids = await fill(outbox_path, 6)
+    async with OutboxReader(outbox_path) as reader:
+        batch = await reader.read_pending(10)
+        await reader.set_aside([(batch[1], "invalid input syntax"), (batch[4], "check constraint")])
+        assert [e.id for e in await reader.read_pending(10)] == [ids[0], ids[2], ids[3], ids[5]]
+        await reader.advance(batch[-1].seq)
+        status = await reader.status(per_topic=True)
+        assert (status.pending, status.shipped, status.dead) == (0, 4, 2)
+        assert status.topics[0].dead == 2
+        dead = await reader.dead_letters()
+        assert [(d.id, d.error, d.status) for d in dead] == [
+            (ids[1], "invalid input syntax", "dead"),
+            (ids[4], "check constraint", "dead"),
+        ]
+        assert await reader.retry_dead(ids=[ids[1]]) == 1
+        assert [e.id for e in await reader.read_retries(10)] == [ids[1]]
+        await reader.resolve([batch[1].seq])
+        assert await reader.drop_dead(topic="t") == 1
+        status = await reader.status()
+        assert (status.pending, status.shipped, status.dead) == (0, 5, 0)
+
+
+async def test_dropping_the_newest_event_keeps_a_tombstone(outbox_path: Path) -> None:
+    """The highest seq is never deleted, or SQLite would hand it out again to a new event."""
+    await fill(outbox_path, 3)
+    async with OutboxReader(outbox_path) as reader:
+        batch = await reader.read_pending(10)
+        await reader.set_aside([(batch[2], "bad")])
+        await reader.advance(batch[2].seq)
+        assert await reader.drop_dead() == 1
+        assert await reader.last_seq() == batch[2].seq
+    new = await fill(outbox_path, 1)
+    async with OutboxReader(outbox_path) as reader:
+        pending = await reader.read_pending(10)
+        assert [e.id for e in pending] == new and pending[0].seq > batch[2].seq
+        status = await reader.status()
+        assert (status.pending, status.shipped, status.dead) == (1, 2, 0)
+
+
+async def test_prune_deletes_old_shipped_events_only(outbox_path: Path) -> None:
+    await fill(outbox_path, 1200)
+    async with OutboxReader(outbox_path) as reader:
+        batch = await reader.read_pending(1000)
+        await reader.set_aside([(batch[0], "bad")])
+        await reader.advance(batch[-1].seq)
+        deleted = await prune(reader, older_than_us=2**62)
+        assert deleted == 999  # shipped ones, minus the dead letter
+        status = await reader.status()
+        assert (status.pending, status.shipped, status.dead) == (200, 0, 1)
+        assert await prune(reader, older_than_us=0) == 0
+
+
+async def test_prune_never_deletes_the_newest_event(outbox_path: Path) -> None:
+    await fill(outbox_path, 5)
+    async with OutboxReader(outbox_path) as reader:
+        await reader.advance(await reader.last_seq())
+        assert await prune(reader, older_than_us=2**62) == 4
+        assert await reader.last_seq() == 5
+
+
+async def lines_of(records: list[str]) -> AsyncIterator[tuple[int, str]]:
+    for number, line in enumerate(records, 1):
+        yield number, line
+
+
+async def test_export_import_round_trip_keeps_ids_and_adds_nothing_twice(tmp_path: Path) -> None:
+    source, target = tmp_path / "a.db", tmp_path / "b.db"
+    ids = await fill(source, 50)
+    async with OutboxReader(source) as reader:
+        lines = [json.dumps(event_record(e)) async for chunk in reader.iter_events(chunk=7) for e in chunk]
+    await fill(target, 2, topic="already-here")
+    async with OutboxReader(target) as reader:
+        first = await import_records(reader, lines_of(lines), chunk=16)
+        second = await import_records(reader, lines_of(lines))
+        assert (first.added, first.already_present) == (50, 0)
+        assert (second.added, second.already_present) == (0, 50)
+        imported = [e async for chunk in reader.iter_events(topic="t") for e in chunk]
+    assert [e.id for e in imported] == ids
+    assert [json.loads(e.payload) for e in imported] == [{"i": i} for i in range(50)]
+
+
+async def test_a_bad_line_imports_nothing_unless_skipped(outbox_path: Path) -> None:
+    good = json.dumps({"id": "01a22478-f56c-7fe2-b277-fc26d358bcca", "topic": "t", "payload": {"a": 1}})
+    bad = json.dumps({"id": "01a22478-f56c-7fe2-b277-fc26d358bccb", "topic": "t", "payload": {"a": "\u0000"}})
+    async with OutboxReader(outbox_path, create=True) as reader:
+        with pytest.raises(PayloadError, match=r"line 2: string at \$.a holds a NUL"):
+            await import_records(reader, lines_of([good, bad, good]))
+        assert (await reader.status()).pending == 0
+        result = await import_records(reader, lines_of([good, bad, "{not json", good]), skip_bad=True)
+        assert result.added == 1 and result.already_present == 1
+        assert result.skipped is not None and [n for n, _ in result.skipped] == [2, 3]
