@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -101,7 +101,21 @@ class Outbox:
         self._since_measure = 0
         self._queue: list[tuple[tuple[str, str, str, int], asyncio.Future[str]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[], None]] = []
         self.outbox_id = ""
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the event loop after every committed append.
+
+        An in-process shipper uses this to wake at once instead of polling. Keep it cheap (set
+        an ``asyncio.Event``): it runs on the command path.
+        """
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback``."""
+        if callback in self._listeners:
+            self._listeners.remove(callback)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -203,6 +217,8 @@ class Outbox:
             conn.execute(_INSERT, row)
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from None
+        for callback in self._listeners:
+            callback()
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._checkpoint_every:
             self._start_checkpoint()
@@ -253,6 +269,8 @@ class Outbox:
                 for row, future in batch:
                     if not future.done():
                         future.set_result(row[0])
+                for callback in self._listeners:
+                    callback()
         self._since_checkpoint += 1
         if self._since_checkpoint >= max(1, self._checkpoint_every // 16):
             self._start_checkpoint()
