@@ -1,0 +1,366 @@
+"""The ``outbox`` command line's local commands: status, export, import, dead, prune.
+
+These need the outbox file only. The commands that talk to Postgres (``replay``, ``verify``) are
+added to this group by ``shipper.outbox_cli``, which is also the console script's entry point, so
+that this package never imports a database driver.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import maintenance
+from .clitools import (
+    CONTEXT_SETTINGS,
+    EXIT_CODES_HELP,
+    EXIT_OUTBOX,
+    CliGroup,
+    TimeType,
+    check_range,
+    echo_json,
+    log_to_stderr,
+    path_argument,
+    progress,
+    range_options,
+    run,
+)
+from .errors import OutboxError
+from .jsonl import ImportSummary, export_events, import_events
+from .reader import DeadLetter, OutboxReader, Status
+from .report import dead_letter_json, render_dead_letters, render_status
+
+__all__ = ["outbox", "main"]
+
+
+@click.group(cls=CliGroup, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES_HELP)
+@click.version_option(package_name="discord-outbox", message="%(prog)s %(version)s")
+def outbox() -> None:
+    """Inspect, export, import and repair a local event outbox.
+
+    PATH is the outbox file (the one your bot appends to); it may also come from OUTBOX_PATH.
+    TIME is ISO 8601 (2024-05-01T12:00:00Z; UTC when no zone is given) or an age meaning that
+    long ago: 90s, 15m, 2h, 7d, 1w.
+
+    \b
+    Examples:
+      outbox status events.db
+      outbox export events.db --since 2h > events.jsonl
+      outbox import restored.db events.jsonl
+      outbox verify events.db --dsn postgresql://bot@db/bot
+    """
+
+
+assert isinstance(outbox, CliGroup)
+outbox.register_error(OutboxError, EXIT_OUTBOX)
+outbox.register_error(OSError, EXIT_OUTBOX)
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+async def _status(path: Path, per_topic: bool) -> Status:
+    async with OutboxReader(path) as reader:
+        return await reader.status(per_topic=per_topic)
+
+
+@outbox.command(epilog=EXIT_CODES_HELP)
+@path_argument
+@click.option("--json", "as_json", is_flag=True, help="Print stable JSON for scripts.")
+@click.option("--topics/--no-topics", default=True, show_default=True, help="Count per topic (scans the whole file).")
+def status(path: Path, as_json: bool, topics: bool) -> None:
+    """Show pending, shipped and dead counts, per topic.
+
+    Also the age of the oldest pending event, the bytes on disk and the last shipping error.
+
+    \b
+    Examples:
+      outbox status events.db
+      outbox status events.db --json | jq .pending
+    """
+    snapshot = run(_status(path, topics))
+    if as_json:
+        echo_json(snapshot.as_json() | {"last_error_at": _iso(snapshot.last_error_at), "path": str(path)})
+    else:
+        click.echo(render_status(snapshot, str(path)))
+
+
+def _iso(us: int | None) -> str | None:
+    return None if us is None else maintenance.format_time(us)
+
+
+# -- export / import -----------------------------------------------------------------------------
+
+
+async def _export(path: Path, out: Any, since: int | None, until: int | None, topic: str | None) -> int:
+    async with OutboxReader(path) as reader:
+        total = await reader.count_events(since_us=since, until_us=until, topic=topic)
+        with progress("exporting", total) as update:
+            return await export_events(reader, out, since_us=since, until_us=until, topic=topic, progress=update)
+
+
+@outbox.command(epilog=EXIT_CODES_HELP)
+@path_argument
+@range_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="Write to this file instead of stdout.",
+)
+def export(path: Path, since: int | None, until: int | None, topic: str | None, output: str) -> None:
+    """Write events as JSON lines (one event per line).
+
+    Events come in the order they were appended. Each line holds id, topic, payload, created_at (ISO 8601, UTC), seq and status (pending,
+    shipped or dead). `outbox import` reads the same shape back, keeping the ids.
+
+    \b
+    Examples:
+      outbox export events.db > all.jsonl
+      outbox export events.db --since 2024-05-01 --until 2024-05-02 --topic command_calls -o may1.jsonl
+      outbox export events.db --since 2h | gzip > last-two-hours.jsonl.gz
+    """
+    check_range(since, until)
+    if output == "-":
+        run(_export(path, sys.stdout.buffer, since, until, topic))
+        return
+    with open(output, "wb") as out:
+        count = run(_export(path, out, since, until, topic))
+    click.echo(f"exported {count} events to {output}", err=True)
+
+
+async def _import(path: Path, source: Any, name: str, skip_bad: bool, max_payload_bytes: int) -> ImportSummary:
+    async with OutboxReader(path, create=True) as reader:
+        size = _size_of(source)
+        with progress("reading  ", size) as read_bar:
+
+            def report(phase: str, n: int) -> None:
+                if phase == "read":
+                    read_bar(n)
+
+            summary = await import_events(
+                reader, source, name=name, skip_bad=skip_bad, max_payload_bytes=max_payload_bytes, progress=report
+            )
+        return summary
+
+
+def _size_of(source: Any) -> int | None:
+    try:
+        info = os.fstat(source.fileno())
+    except (OSError, AttributeError, ValueError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+@outbox.command("import", epilog=EXIT_CODES_HELP)
+@path_argument
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE")
+@click.option("--skip-bad", is_flag=True, help="Import the valid lines and list the bad ones, instead of importing nothing.")
+@click.option(
+    "--max-payload-bytes",
+    type=click.IntRange(min=1),
+    default=65536,
+    show_default=True,
+    metavar="BYTES",
+    help="The largest payload accepted, as for Outbox(max_payload_bytes=...).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def import_(path: Path, file: str, skip_bad: bool, max_payload_bytes: int, as_json: bool) -> None:
+    """Add events from a JSON-lines FILE, keeping their ids.
+
+    FILE holds lines as `outbox export` writes them; they are added as pending events. Ids are kept, so an event already in the outbox is not added again: importing the same file
+    twice adds nothing the second time, and an interrupted import is finished by running it
+    again. Every line is checked as `append` checks an event; a bad line is reported with its
+    number and nothing is imported, unless --skip-bad. FILE may be - for stdin. The outbox is
+    created if it does not exist. The shipper then ships the imported events.
+
+    \b
+    Examples:
+      outbox import events.db backup.jsonl
+      zcat old.jsonl.gz | outbox import events.db - --skip-bad
+    """
+    if file == "-":
+        summary = run(_import(path, sys.stdin.buffer, "stdin", skip_bad, max_payload_bytes))
+        name = "stdin"
+    else:
+        with open(file, "rb") as source:
+            summary = run(_import(path, source, file, skip_bad, max_payload_bytes))
+        name = file
+    if as_json:
+        echo_json(
+            {
+                "added": summary.added,
+                "already_present": summary.already_present,
+                "skipped": [{"line": n, "error": why} for n, why in summary.skipped],
+            }
+        )
+        return
+    for number, why in summary.skipped[:20]:
+        click.echo(f"skipped {name} line {number}: {why}", err=True)
+    if len(summary.skipped) > 20:
+        click.echo(f"... and {len(summary.skipped) - 20} more bad lines (--json lists them all)", err=True)
+    click.echo(
+        f"imported {summary.added} events into {path} ({summary.already_present} already present,"
+        f" {len(summary.skipped)} bad lines skipped)"
+    )
+
+
+# -- dead letters --------------------------------------------------------------------------------
+
+
+@outbox.group(epilog=EXIT_CODES_HELP)
+def dead() -> None:
+    """List, retry or drop events Postgres refused (dead letters).
+
+    \b
+    Examples:
+      outbox dead list events.db
+      outbox dead retry events.db 0190a1c2-...   # after fixing the table or the payload's consumer
+      outbox dead drop events.db --topic junk
+    """
+
+
+def _split_ids(path: Path, ids: Sequence[str]) -> tuple[Path, list[str]]:
+    """With OUTBOX_PATH set, ``outbox dead retry ID`` puts ID where PATH goes: take it back."""
+    env_path = os.environ.get("OUTBOX_PATH")
+    if env_path and not path.exists() and _is_uuid(str(path)):
+        return Path(env_path), [str(path), *ids]
+    return path, list(ids)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+_ids_argument = click.argument("ids", nargs=-1, metavar="[ID]...")
+_topic_option = click.option("--topic", metavar="TOPIC", help="Only dead letters of this topic.")
+
+
+async def _dead(path: Path, action: str, topic: str | None, ids: Sequence[str]) -> tuple[int, list[DeadLetter]]:
+    async with OutboxReader(path) as reader:
+        if action == "retry":
+            return await reader.retry_dead(topic=topic, ids=ids), []
+        if action == "drop":
+            return await reader.drop_dead(topic=topic, ids=ids), []
+        letters = await reader.dead_letters(topic=topic, ids=ids)
+        return len(letters), letters
+
+
+@dead.command("list", epilog=EXIT_CODES_HELP)
+@path_argument
+@_ids_argument
+@_topic_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array for scripts.")
+def dead_list(path: Path, ids: tuple[str, ...], topic: str | None, as_json: bool) -> None:
+    """List dead letters (all, or those of TOPIC, or the given ids) with the error that refused them.
+
+    \b
+    Examples:
+      outbox dead list events.db
+      outbox dead list events.db --topic command_calls --json
+    """
+    path, wanted = _split_ids(path, ids)
+    _, letters = run(_dead(path, "list", topic, wanted))
+    if as_json:
+        echo_json([dead_letter_json(letter) for letter in letters])
+    else:
+        click.echo(render_dead_letters(letters))
+
+
+@dead.command("retry", epilog=EXIT_CODES_HELP)
+@path_argument
+@_ids_argument
+@_topic_option
+def dead_retry(path: Path, ids: tuple[str, ...], topic: str | None) -> None:
+    """Mark dead letters for another attempt; a running shipper (or `shipper drain`) sends them.
+
+    With no ids and no --topic, every dead letter is retried.
+
+    \b
+    Examples:
+      outbox dead retry events.db
+      outbox dead retry events.db 0190a1c2-7b3e-7c41-9d2a-0b1c2d3e4f50
+    """
+    path, wanted = _split_ids(path, ids)
+    count, _ = run(_dead(path, "retry", topic, wanted))
+    click.echo(f"marked {count} dead letters for retry" + _not_found(count, wanted))
+
+
+@dead.command("drop", epilog=EXIT_CODES_HELP)
+@path_argument
+@_ids_argument
+@_topic_option
+@click.option("--all", "drop_all", is_flag=True, help="Drop every dead letter (needed when no ids or --topic).")
+def dead_drop(path: Path, ids: tuple[str, ...], topic: str | None, drop_all: bool) -> None:
+    """Delete dead letters and their events for good.
+
+    Name what to drop: ids, --topic, or --all.
+
+    \b
+    Examples:
+      outbox dead drop events.db 0190a1c2-7b3e-7c41-9d2a-0b1c2d3e4f50
+      outbox dead drop events.db --topic junk
+    """
+    path, wanted = _split_ids(path, ids)
+    if not wanted and topic is None and not drop_all:
+        raise click.UsageError("name the dead letters to drop: ids, --topic TOPIC, or --all")
+    count, _ = run(_dead(path, "drop", topic, wanted))
+    click.echo(f"dropped {count} dead letters and their events" + _not_found(count, wanted))
+
+
+def _not_found(count: int, ids: Sequence[str]) -> str:
+    missing = len(set(ids)) - count if ids else 0
+    return f" ({missing} of the ids given are not dead letters)" if missing > 0 else ""
+
+
+# -- prune ---------------------------------------------------------------------------------------
+
+
+async def _prune(path: Path, older_than: int) -> int:
+    async with OutboxReader(path) as reader:
+        deleted = await maintenance.prune(reader, older_than_us=older_than)
+        await maintenance.checkpoint(reader)
+        return deleted
+
+
+@outbox.command(epilog=EXIT_CODES_HELP)
+@path_argument
+@click.option(
+    "--older-than",
+    type=TimeType(),
+    required=True,
+    metavar="AGE|TIME",
+    help="Delete shipped events created before this: an age (7d, 12h) or an ISO 8601 time.",
+)
+def prune(path: Path, older_than: int) -> None:
+    """Delete old shipped events, to keep the file small.
+
+    Only events already in Postgres are deleted: never a pending event and never a dead
+    letter. Pruned events can no longer be exported, replayed or verified.
+
+    \b
+    Examples:
+      outbox prune events.db --older-than 7d
+      outbox prune events.db --older-than 2024-05-01T00:00:00Z
+    """
+    deleted = run(_prune(path, older_than))
+    click.echo(f"pruned {deleted} shipped events created before {maintenance.format_time(older_than)}")
+
+
+def main() -> None:
+    """Run the local-only ``outbox`` command line (the console script adds replay and verify)."""
+    with log_to_stderr("warning"):
+        outbox.main()

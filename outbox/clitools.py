@@ -1,0 +1,385 @@
+"""What the ``outbox`` and ``shipper`` command lines share: times, errors, progress, output.
+
+The commands themselves (``outbox.cli``, ``shipper.outbox_cli``, ``shipper.cli``) only map options
+onto calls; everything they have in common lives here so both tools behave the same way: one
+line on stderr per error, documented exit codes, no traceback, never a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .maintenance import format_time
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "EXIT_OUTBOX",
+    "EXIT_POSTGRES",
+    "EXIT_INTERRUPTED",
+    "EXIT_CODES_HELP",
+    "CONTEXT_SETTINGS",
+    "CliGroup",
+    "TimeType",
+    "DurationType",
+    "parse_duration",
+    "parse_time",
+    "scrub_secrets",
+    "progress",
+    "run",
+    "path_argument",
+    "range_options",
+    "dsn_option",
+    "echo_json",
+    "check_range",
+    "format_time",
+    "log_to_stderr",
+]
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # verify found missing events; anything unexpected
+EXIT_USAGE = 2  # a bad option, argument or time (click's own code)
+EXIT_OUTBOX = 3  # the outbox or an input file: missing, not an outbox, damaged, a bad import line
+EXIT_POSTGRES = 4  # Postgres: unreachable, malformed DSN, refused login, unusable schema
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    done
+  1    verify found missing events, or an unexpected failure
+  2    usage: a bad option, argument or time
+  3    the outbox or an input file: missing, not an outbox, damaged, a bad line
+  4    Postgres: unreachable, malformed DSN, login refused, tables missing
+  130  interrupted
+"""
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s]*@")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+
+
+def scrub_secrets(text: str) -> str:
+    """Replace passwords in any DSN inside ``text`` (URL or ``key=value`` form) with ``***``.
+
+    The last line of defence: DSNs are shown through ``redact_dsn``, but an error message from a
+    driver may quote one verbatim.
+    """
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+# -- times ---------------------------------------------------------------------------------------
+
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$", re.IGNORECASE)
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+_TIME_HINT = "use ISO 8601 such as 2024-05-01T12:00:00Z, or an age such as 15m, 2h, 7d"
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds in a duration such as ``90s``, ``15m``, ``2h``, ``7d``, ``1w`` or ``1h30m``."""
+    cleaned = text.strip()
+    if not _DURATION.match(cleaned):
+        if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
+            raise ValueError(f"{text!r} needs a unit: s, m, h, d or w (e.g. {cleaned}m)")
+        raise ValueError(f"{text!r} is not a duration such as 15m, 2h or 7d")
+    return sum(float(n) * _UNIT_S[unit.lower()] for n, unit in _PART.findall(cleaned))
+
+
+def parse_time(text: str, *, now_us: int | None = None) -> int:
+    """Return microseconds since the epoch for an ISO 8601 time or an age (``2h`` = two hours ago).
+
+    A time without a zone is taken as UTC, like the times ``outbox export`` writes; ``now`` is
+    accepted too.
+    """
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    cleaned = text.strip()
+    if cleaned.lower().endswith(" ago"):
+        cleaned = cleaned[:-4].strip()
+    if not cleaned:
+        raise ValueError(f"an empty time: {_TIME_HINT}")
+    if cleaned.lower() == "now":
+        return now
+    if _DURATION.match(cleaned):
+        return now - int(parse_duration(cleaned) * 1_000_000)
+    if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
+        raise ValueError(f"{text!r} needs a unit: s, m, h, d or w (e.g. {cleaned}d), or give an ISO 8601 time")
+    try:
+        moment = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: {_TIME_HINT}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1_000_000)
+
+
+class DurationType(click.ParamType):  # type: ignore[type-arg]
+    """A click parameter holding a length of time such as ``7d``, as seconds."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class TimeType(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on
+    """A click parameter holding a moment, as microseconds since the epoch."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", "; ", text.strip())
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class CliGroup(click.Group):
+    """A click group whose ``main`` turns every error into one line on stderr and an exit code.
+
+    ``register_error(SomeError, code)`` maps an exception family onto an exit code; the most
+    specific registered class wins. Anything unregistered is reported as unexpected (exit 1),
+    still on one line and without a traceback.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error_codes: dict[type[BaseException], tuple[int, Callable[[BaseException], str]]] = {}
+
+    def register_error(
+        self, family: type[BaseException], code: int, describe: Callable[[BaseException], str] | None = None
+    ) -> None:
+        """Report exceptions of ``family`` as ``describe(exc)`` (default: the message) with ``code``."""
+        self.error_codes[family] = (code, describe or _describe)
+
+    def translate(self, exc: BaseException) -> tuple[int, str]:
+        """Return the exit code and the one-line message for ``exc``."""
+        matches = [(len(family.__mro__), entry) for family, entry in self.error_codes.items() if isinstance(exc, family)]
+        if not matches:
+            return EXIT_FAILURE, f"unexpected {type(exc).__name__}: {_describe(exc)}"
+        code, describe = max(matches, key=lambda match: match[0])[1]
+        return code, describe(exc)
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; exit (or, with ``standalone_mode=False``, return) its code."""
+        code = self._run(args, prog_name, complete_var, windows_expand_args, extra)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def _run(
+        self,
+        args: Sequence[str] | None,
+        prog_name: str | None,
+        complete_var: str | None,
+        windows_expand_args: bool,
+        extra: dict[str, Any],
+    ) -> int:
+        name = self.name or "outbox"
+        try:
+            rv = super().main(
+                args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
+            )
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+            return EXIT_USAGE
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            self._fail(f"{_one_line(exc.format_message())}{hint}")
+            return exc.exit_code
+        except click.ClickException as exc:
+            self._fail(_one_line(exc.format_message()))
+            return exc.exit_code
+        except click.Abort:
+            self._fail("interrupted")
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # the one place where errors become messages
+            code, message = self.translate(exc)
+            self._fail(_one_line(message))
+            return code
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            return rv
+        return EXIT_OK
+
+    def _fail(self, message: str) -> None:
+        click.echo(f"{self.name or 'outbox'}: error: {scrub_secrets(message)}", err=True)
+
+
+# -- running and progress ------------------------------------------------------------------------
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine to completion."""
+    return asyncio.run(coro)
+
+
+@contextmanager
+def progress(label: str, length: int | None, *, deltas: bool = False) -> Iterator[Callable[[int], None]]:
+    """Yield ``update(done_so_far)``: a bar on stderr when it is a terminal, otherwise nothing.
+
+    With ``deltas``, ``update(n)`` means n more are done. Scripts reading stdout or stderr
+    never see bar characters.
+    """
+    stream = sys.stderr
+    if not length or not stream.isatty():
+        yield lambda done: None
+        return
+    with click.progressbar(length=length, label=label, file=stream, show_pos=True, show_eta=True) as bar:
+        shown = 0
+
+        def update(done: int) -> None:
+            nonlocal shown
+            step = min(shown + done if deltas else done, length) - shown
+            if step > 0:
+                bar.update(step)
+                shown += step
+
+        yield update
+
+
+# -- shared options ------------------------------------------------------------------------------
+
+path_argument = click.argument("path", envvar="OUTBOX_PATH", type=click.Path(path_type=Path), metavar="PATH")
+
+
+def dsn_option(*, required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add ``--dsn``, read from OUTBOX_DSN or else DATABASE_URL; never shown unredacted."""
+    return click.option(
+        "--dsn",
+        envvar=["OUTBOX_DSN", "DATABASE_URL"],
+        show_envvar=True,
+        required=required,
+        metavar="DSN",
+        help="Postgres to use, e.g. postgresql://user:password@host:5432/db (shown only redacted).",
+    )
+
+
+def range_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--since``, ``--until`` and ``--topic`` (the selection export and replay share)."""
+    func = click.option("--topic", metavar="TOPIC", help="Only events of this topic.")(func)
+    func = click.option(
+        "--until", type=TimeType(), help="Only events created before TIME (ISO 8601, or an age: 15m, 2h, 7d)."
+    )(func)
+    return click.option(
+        "--since", type=TimeType(), help="Only events created at or after TIME (ISO 8601, or an age: 15m, 2h, 7d)."
+    )(func)
+
+
+def check_range(since_us: int | None, until_us: int | None) -> None:
+    """Refuse an empty time range before doing any work."""
+    if since_us is not None and until_us is not None and since_us >= until_us:
+        raise click.BadParameter(
+            f"--since ({format_time(since_us)}) is not before --until ({format_time(until_us)})",
+            param_hint="'--since'",
+        )
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as indented JSON on stdout (the stable form scripts read)."""
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# -- logging -------------------------------------------------------------------------------------
+
+_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+
+class _LineFormatter(logging.Formatter):
+    """One line per record, JSON or text, passwords scrubbed, exceptions summarised (no traceback)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            message = f"{message} ({type(exc).__name__}: {_describe(exc)})"
+        message = scrub_secrets(_one_line(message))
+        extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+        stamp = datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds")
+        if self.kind == "json":
+            line: dict[str, Any] = {"time": stamp, "level": record.levelname.lower(), "logger": record.name, "message": message}
+            for key, value in extras.items():
+                line.setdefault(key, value if isinstance(value, (int, float, bool, type(None))) else str(value))
+            return scrub_secrets(json.dumps(line, ensure_ascii=False, default=str))
+        fields = "".join(f" {key}={value}" for key, value in extras.items())
+        return scrub_secrets(f"{stamp} {record.levelname:<7} {record.name}: {message}{fields}")
+
+
+@contextmanager
+def log_to_stderr(level: str = "warning", kind: str = "text") -> Iterator[None]:
+    """Send log records at ``level`` and above to stderr, one line each, for the duration.
+
+    ``kind`` is ``"text"`` or ``"json"``. The handler is removed afterwards, so a test runner's
+    captured streams are not written to once closed.
+    """
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter(kind))
+    outer = [h for h in root.handlers if isinstance(h.formatter, _LineFormatter)]  # ours, from main()
+    old_level = root.level
+    for h in outer:
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for h in outer:
+            root.addHandler(h)
+        root.setLevel(old_level)
