@@ -1,0 +1,404 @@
+"""The shipping loop: read a batch, send it, record progress; survive everything in between.
+
+One loop per outbox file, in the bot's process (woken by its appends) or in a sidecar (polling
+every ``flush_interval``). It ships at once when idle; batches grow only while one is in flight.
+Only the holder of the outbox's lease (a Postgres advisory lock) ships; a second shipper started
+by mistake stands by, says so, and takes over if the first one dies. Even without the lease the
+ledger refuses a batch shipped twice, so a mistake costs time, never a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from outbox import Outbox, OutboxError, OutboxReader
+from outbox.maintenance import checkpoint, prune
+
+from .errors import ConnectError, ShipperError, classify
+from .metrics import Metrics
+from .pgsink import PostgresSink
+from .sink import Batch, Sink
+
+__all__ = ["Shipper", "ShipperStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShipperStats:
+    """Counters since the shipper started."""
+
+    shipped: int = 0
+    dead: int = 0
+    retries: int = 0
+    batches: int = 0
+    last_error: str | None = None
+
+
+class Shipper:
+    """Forward an outbox's events to Postgres in batches, exactly once in effect.
+
+    Parameters
+    ----------
+    outbox_path:
+        The outbox file (created if missing, so a sidecar may start before the bot).
+    dsn:
+        The Postgres to ship to. Or pass ``sink=`` (e.g. :class:`InMemorySink` in tests).
+    batch_size:
+        Most events per batch (one transaction each).
+    flush_interval:
+        Seconds between looks for new events when nothing wakes the loop.
+    retention_s:
+        How long shipped events stay in the outbox for replay before pruning.
+    outbox:
+        An open :class:`Outbox` in this process: its appends wake the loop at once.
+    metrics_port:
+        Serve Prometheus metrics on ``127.0.0.1:port``.
+    stop_timeout:
+        Seconds :meth:`stop` (and ``async with``'s exit) spends shipping what is pending.
+    """
+
+    def __init__(
+        self,
+        outbox_path: str | os.PathLike[str],
+        dsn: str | None = None,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 0.05,
+        retention_s: float = 7 * 86400,
+        outbox: Outbox | None = None,
+        metrics_port: int | None = None,
+        sink: Sink | None = None,
+        stop_timeout: float = 10.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 30.0,
+        housekeeping_interval: float = 60.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if flush_interval <= 0:
+            raise ValueError("flush_interval must be positive")
+        if sink is None:
+            if not dsn:
+                raise ValueError("give a dsn (or a sink) to ship to")
+            sink = PostgresSink(dsn)
+        self.path = Path(outbox_path)
+        self.sink = sink
+        self.where = getattr(sink, "where", type(sink).__name__)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.retention_s = retention_s
+        self.stop_timeout = stop_timeout
+        self._backoff = (backoff_base, backoff_cap)
+        self._housekeeping_interval = housekeeping_interval
+        self._outbox = outbox
+        self._metrics = Metrics(metrics_port) if metrics_port is not None else None
+        self.reader = OutboxReader(self.path, create=True)
+        self.stats = ShipperStats()
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._connected = False
+        self._leader = False
+        self._said_standby = False
+        self._cursor = 0
+        self._limit = batch_size
+        self._next_housekeeping = 0.0
+        self._next_retry_check = 0.0
+        self._next_gauges = 0.0
+        self._fatal: BaseException | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the outbox and start shipping in the background."""
+        if self._task is not None:
+            return
+        await self.reader.open()
+        if self._outbox is not None:
+            self._outbox.add_listener(self._wake.set)
+        if self._metrics is not None:
+            self._metrics.start()
+        self._task = asyncio.create_task(self._run(), name=f"shipper {self.path}")
+        log.info("shipping %s to %s (batch_size=%d)", self.path, self.where, self.batch_size)
+
+    def request_stop(self) -> None:
+        """Ask the loop to ship what is pending and finish (safe from a signal handler)."""
+        self._stopping = True
+        self._stop_requested.set()
+        self._wake.set()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Ship what is pending for up to ``timeout`` seconds, then stop; nothing is lost either way."""
+        task = self._task
+        if task is None:
+            await self._release()
+            return
+        self.request_stop()
+        deadline = self.stop_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(task), deadline)
+        except asyncio.TimeoutError:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            pending = (await self.reader.status()).pending
+            log.warning("stopped after %.1f s with %d events still pending; they stay in the outbox", deadline, pending)
+        except ShipperError:
+            pass  # already logged by the loop; stopping must still succeed
+        finally:
+            self._task = None
+            await self._release()
+
+    async def _release(self) -> None:
+        if self._outbox is not None:
+            self._outbox.remove_listener(self._wake.set)
+        await self.sink.close()
+        await self.reader.close()
+        if self._metrics is not None:
+            self._metrics.stop()
+
+    async def serve(self) -> None:
+        """Ship until :meth:`request_stop`, then drain (up to ``stop_timeout``) and return."""
+        await self.start()
+        assert self._task is not None
+        stop_waiter = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({self._task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_waiter.cancel()
+        fatal = self._fatal
+        await self.stop()
+        if fatal is not None:
+            raise fatal
+
+    async def __aenter__(self) -> Shipper:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._task is not None and not self._task.done():
+            _warn(f"Shipper for {self.path} was never stopped", ResourceWarning, source=self)
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Return once every event pending at the call is shipped (or set aside); how many shipped."""
+        if self._task is None:
+            raise ShipperError("the shipper is not running: use `async with Shipper(...)` or start() first")
+        target = await self.reader.last_seq()
+        before = self.stats.shipped
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._fatal is not None:
+                raise self._fatal
+            ahead = await self.reader.read_pending(1, after=await self.reader.cursor())
+            if not ahead or ahead[0].seq > target:
+                return self.stats.shipped - before
+            if self._task.done():
+                raise ShipperError("the shipper stopped before the drain finished")
+            wait = self.flush_interval if deadline is None else min(self.flush_interval, deadline - loop.time())
+            if wait <= 0:
+                raise ShipperError(f"drain timed out after {timeout:g} s; events are still pending")
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if not self._connected:
+                    await self._connect()
+                if not self._leader and not await self._claim():
+                    if self._stopping:
+                        return
+                    await self._idle(max(1.0, self.flush_interval))
+                    continue
+                shipped = await self._ship_once()
+                await self._maintain()
+                if failures:
+                    log.info("shipping to %s resumed", self.where)
+                    await self.reader.set_error(None)
+                    failures = 0
+                if shipped:
+                    continue
+                if self._stopping:
+                    return
+                await self._idle(self.flush_interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN"):
+                    self._fatal = exc
+                    log.error("%s", exc)
+                    return
+                failures += 1
+                delay = await self._failed(exc, failures)
+                await self._idle(delay, wake=False)
+
+    async def _connect(self) -> None:
+        await self.sink.open()
+        self._connected = True
+        self._leader = False
+
+    async def _claim(self) -> bool:
+        if not await self.sink.try_lease(self.reader.outbox_id):
+            if not self._said_standby:
+                log.warning(
+                    "another shipper holds the lease on outbox %s (%s): standing by, will take over if it stops",
+                    self.reader.outbox_id,
+                    self.path,
+                )
+                self._said_standby = True
+            return False
+        self._leader = True
+        if self._said_standby:
+            log.info("took over the lease on outbox %s", self.reader.outbox_id)
+            self._said_standby = False
+        remote = await self.sink.position(self.reader.outbox_id)
+        local = await self.reader.cursor()
+        self._cursor = max(local, remote)
+        if remote > local:
+            await self.reader.advance(remote)
+        return True
+
+    async def _ship_once(self) -> int:
+        events = await self.reader.read_pending(self._limit, after=self._cursor)
+        if not events:
+            return 0
+        batch = Batch(self.reader.outbox_id, self._cursor, events[-1].seq, events)
+        started = time.monotonic()
+        result = await self.sink.send(batch, self.reader.set_aside)
+        if result.already_shipped_to is not None:
+            log.warning(
+                "events of outbox %s after seq %d were already shipped (to seq %d) by another shipper;"
+                " skipping ahead -- is a second shipper running on %s?",
+                self.reader.outbox_id,
+                batch.after_seq,
+                result.already_shipped_to,
+                self.path,
+            )
+            self._cursor = max(self._cursor, result.already_shipped_to)
+            await self.reader.advance(self._cursor)
+            return 1
+        self._cursor = batch.last_seq
+        await self.reader.advance(self._cursor)
+        self._limit = min(self.batch_size, self._limit * 2)
+        self._count(result.shipped, result.rejected, time.monotonic() - started)
+        return len(events)
+
+    def _count(self, shipped: int, rejected: list[Any], seconds: float) -> None:
+        self.stats.shipped += shipped
+        self.stats.dead += len(rejected)
+        self.stats.batches += 1
+        for event, error in rejected:
+            log.error("event %s (topic %s) refused by Postgres, kept as a dead letter: %s", event.id, event.topic, error)
+        if self._metrics is not None:
+            self._metrics.batch(shipped, len(rejected), seconds)
+        self._progress.set()
+
+    async def _failed(self, exc: Exception, failures: int) -> float:
+        kind = "outbox" if isinstance(exc, OutboxError) else classify(exc)
+        if isinstance(exc, ConnectError) or isinstance(exc, ShipperError):
+            text = str(exc)
+        else:
+            text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        if getattr(exc, "sqlstate", None) == "57014" and self._limit > 1:
+            self._limit = max(1, self._limit // 2)  # statement timeout: try smaller batches
+        self.stats.retries += 1
+        self.stats.last_error = text
+        if self._metrics is not None:
+            self._metrics.retry()
+        base, cap = self._backoff
+        delay = random.uniform(0, min(cap, base * 2 ** min(failures, 30)))  # full jitter
+        hint = " -- run `shipper migrate`?" if kind == "schema" else ""
+        log.warning("shipping to %s failed (%s, attempt %d): %s%s; retrying in %.2f s", self.where, kind, failures, text, hint, delay)
+        self._connected = self._leader = False
+        await self.sink.close()
+        try:
+            await self.reader.set_error(f"{text}{hint}")
+        except OutboxError:
+            pass
+        return delay
+
+    async def _idle(self, seconds: float, *, wake: bool = True) -> None:
+        """Sleep ``seconds``, or less if woken: by an append when idle, by a stop request in a backoff.
+
+        Once stopping, a backoff is slept in full: the stop deadline, not a spin, bounds it.
+        """
+        if not wake and self._stopping:
+            await asyncio.sleep(seconds)
+            return
+        event = self._wake if wake else self._stop_requested
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        if wake:
+            self._wake.clear()
+
+    # -- side work -------------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_retry_check:
+            self._next_retry_check = now + max(1.0, self.flush_interval)
+            await self._retry_dead_letters()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + self._housekeeping_interval
+            await self._housekeeping()
+        if self._metrics is not None and now >= self._next_gauges:
+            self._next_gauges = now + 2.0
+            status = await self.reader.status()
+            self._metrics.gauges(status.pending, status.oldest_pending_age_s or 0.0)
+
+    async def _retry_dead_letters(self) -> None:
+        events = await self.reader.read_retries(self.batch_size)
+        if not events:
+            return
+        result = await self.sink.upsert(events, self.reader.set_aside)
+        refused = {event.seq for event, _ in result.rejected}
+        await self.reader.resolve([e.seq for e in events if e.seq not in refused])
+        log.info("retried %d dead letters: %d shipped, %d refused again", len(events), result.shipped, len(refused))
+        self._count(result.shipped, result.rejected, 0.0)
+
+    async def _housekeeping(self) -> None:
+        """Prune shipped events past retention (or sooner when near max_bytes); checkpoint."""
+        cutoff = time.time_ns() // 1000 - int(self.retention_s * 1e6)
+        pruned = await prune(self.reader, older_than_us=cutoff)
+        limit = await self.reader.meta("max_bytes")
+        if limit is not None and await self._used_bytes() > int(limit) // 2:
+            pruned += await prune(self.reader, older_than_us=time.time_ns() // 1000 + 1)
+        if pruned:
+            log.info("pruned %d shipped events from %s", pruned, self.path)
+        await checkpoint(self.reader)
+        await self.sink.housekeeping(self.reader.outbox_id, self.retention_s)
+
+    async def _used_bytes(self) -> int:
+        rows = {}
+        for pragma in ("page_count", "freelist_count", "page_size"):
+            rows[pragma] = list(await self.reader.db.execute_fetchall(f"PRAGMA main.{pragma}"))[0][0]
+        return int((rows["page_count"] - rows["freelist_count"]) * rows["page_size"])

@@ -1,0 +1,236 @@
+"""The Postgres sink: exactly once at (nearly) the speed of a plain COPY.
+
+Fast path, one transaction per batch: insert the ledger row ``(outbox_id, after_seq)``, then a
+binary ``COPY`` of the rows. A repeat of a committed batch fails on the ledger's primary key and
+is refused whole, so COPY needs no ``ON CONFLICT`` (measured at 0.86-0.99x raw COPY here).
+
+Careful path, when the fast one hits a row Postgres refuses or an id it already holds (a replay,
+an import): in one transaction, the ledger row, then each table's rows COPYed into a temporary
+staging table and moved with ``INSERT .. ON CONFLICT (id) DO NOTHING`` inside a savepoint. A
+refused chunk is bisected, savepoint by savepoint, down to the rows at fault; those are handed to
+``set_aside`` before the commit and the rest ship.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from outbox import Event
+
+from .dsn import connect, redact_dsn
+from .errors import classify
+from .migrate import COMMAND_TABLE, EVENT_TABLE, LEDGER_TABLE, ensure_schema
+from .rows import COMMAND_TOPIC, Table, route
+from .sink import Batch, SendResult, SetAside
+
+__all__ = ["PostgresSink"]
+
+log = logging.getLogger(__name__)
+
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: Postgres's own epoch
+_LEDGER_KEY = f"{LEDGER_TABLE}_pkey"
+
+
+def _lock_key(outbox_id: str) -> int:
+    return int.from_bytes(uuid.UUID(outbox_id).bytes[:8], "big", signed=True)
+
+
+class PostgresSink:
+    """Delivers batches to Postgres over one connection, reconnecting on demand.
+
+    Parameters
+    ----------
+    dsn:
+        Where to connect. Shown redacted in every message.
+    migrate:
+        Create or upgrade the tables on the first connection.
+    command_timeout:
+        Seconds before a statement is abandoned as hung (a transient failure).
+    """
+
+    def __init__(self, dsn: str, *, migrate: bool = True, command_timeout: float = 60.0) -> None:
+        self.dsn = dsn
+        self.where = redact_dsn(dsn)
+        self._migrate = migrate
+        self._migrated = False
+        self._command_timeout = command_timeout
+        self._conn: asyncpg.Connection | None = None
+        self._staged: set[str] = set()
+
+    async def open(self) -> None:
+        """Connect if not connected (raising ConnectError), and migrate once."""
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        conn = await connect(self.dsn, command_timeout=self._command_timeout)
+        try:
+            await conn.set_type_codec(
+                "timestamptz",
+                schema="pg_catalog",
+                encoder=lambda us: (us - _PG_EPOCH_US,),
+                decoder=lambda t: t[0] + _PG_EPOCH_US,
+                format="tuple",
+            )
+            if self._migrate and not self._migrated:
+                await ensure_schema(conn)
+                self._migrated = True
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        self._staged = set()
+
+    async def close(self) -> None:
+        """Close the connection (a transaction in flight is rolled back by Postgres)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=5)
+            except Exception:
+                conn.terminate()
+
+    @property
+    def conn(self) -> asyncpg.Connection:
+        """The live connection."""
+        if self._conn is None or self._conn.is_closed():
+            raise ConnectionError(f"not connected to {self.where}")
+        return self._conn
+
+    async def try_lease(self, outbox_id: str) -> bool:
+        """Take a session advisory lock for the outbox; it lapses if this connection dies."""
+        return bool(await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(outbox_id)))
+
+    async def position(self, outbox_id: str) -> int:
+        """Return the last seq of the newest ledger row of this outbox."""
+        value = await self.conn.fetchval(
+            f"SELECT last_seq FROM {LEDGER_TABLE} WHERE outbox_id = $1 ORDER BY after_seq DESC LIMIT 1",
+            outbox_id,
+        )
+        return int(value or 0)
+
+    async def send(self, batch: Batch, set_aside: SetAside) -> SendResult:
+        """Deliver a batch: fast path first, careful path if a row is refused or already there."""
+        routed = route(batch.events)
+        conn = self.conn
+        try:
+            async with conn.transaction():
+                if not await self._ledger(batch):
+                    return SendResult(already_shipped_to=await self._ledger_end(batch))
+                if routed.refused:
+                    await set_aside(routed.refused)
+                for table in routed.tables:
+                    await conn.copy_records_to_table(table.name, records=table.rows, columns=table.columns)
+            return SendResult(shipped=sum(len(t.rows) for t in routed.tables), rejected=routed.refused)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if classify(exc) not in ("row", "conflict"):
+                raise
+            log.info("batch after seq %d needs the careful path: %s", batch.after_seq, _one_line(exc))
+        async with conn.transaction():
+            if not await self._ledger(batch):
+                return SendResult(already_shipped_to=await self._ledger_end(batch))
+            result = SendResult(rejected=list(routed.refused))
+            for table in routed.tables:
+                refused = await self._upsert(table, table.rows, table.events)
+                result.rejected += refused
+                result.shipped += len(table.rows) - len(refused)
+            if result.rejected:
+                await set_aside(result.rejected)
+        return result
+
+    async def upsert(self, events: Sequence[Event], set_aside: SetAside | None = None) -> SendResult:
+        """Deliver events in one transaction, skipping ids already present, isolating bad rows."""
+        routed = route(events)
+        result = SendResult(rejected=list(routed.refused))
+        async with self.conn.transaction():
+            for table in routed.tables:
+                refused = await self._upsert(table, table.rows, table.events)
+                result.rejected += refused
+                result.shipped += len(table.rows) - len(refused)
+            if result.rejected and set_aside is not None:
+                await set_aside(result.rejected)
+        return result
+
+    async def missing(self, events: Sequence[Event]) -> list[Event]:
+        """Return the events whose id is in neither table."""
+        found: set[str] = set()
+        for table, topic_is_command in ((EVENT_TABLE, False), (COMMAND_TABLE, True)):
+            ids = [e.id for e in events if (e.topic == COMMAND_TOPIC) == topic_is_command]
+            if ids:
+                rows = await self.conn.fetch(f"SELECT id::text FROM {table} WHERE id = ANY($1::uuid[])", ids)
+                found.update(r[0] for r in rows)
+        return [e for e in events if e.id not in found]
+
+    async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
+        """Drop ledger rows older than the retention, always keeping the newest."""
+        await self.conn.execute(
+            f"DELETE FROM {LEDGER_TABLE} WHERE outbox_id = $1"
+            " AND shipped_at < now() - make_interval(secs => $2)"
+            f" AND after_seq < (SELECT max(after_seq) FROM {LEDGER_TABLE} WHERE outbox_id = $1)",
+            outbox_id,
+            float(retention_s),
+        )
+
+    # -- internals -------------------------------------------------------------------------------
+
+    async def _ledger(self, batch: Batch) -> bool:
+        """Insert the batch's ledger row; False if that key is already taken (a repeat)."""
+        status = await self.conn.execute(
+            f"INSERT INTO {LEDGER_TABLE}(outbox_id, after_seq, last_seq, rows) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING",
+            batch.outbox_id,
+            batch.after_seq,
+            batch.last_seq,
+            len(batch.events),
+        )
+        return bool(status.endswith(" 1"))
+
+    async def _ledger_end(self, batch: Batch) -> int:
+        value = await self.conn.fetchval(
+            f"SELECT last_seq FROM {LEDGER_TABLE} WHERE outbox_id = $1 AND after_seq = $2",
+            batch.outbox_id,
+            batch.after_seq,
+        )
+        return int(value)
+
+    async def _stage(self, table: Table) -> str:
+        name = f"_stage_{table.name}"
+        if name not in self._staged:
+            await self.conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {name} (LIKE {table.name} INCLUDING DEFAULTS)"
+                " ON COMMIT DELETE ROWS"
+            )
+            self._staged.add(name)
+        return name
+
+    async def _upsert(self, table: Table, rows: list[tuple[Any, ...]], events: list[Event]) -> list[tuple[Event, str]]:
+        """Move rows in through the staging table inside a savepoint; bisect on a refused row."""
+        conn = self.conn
+        stage = await self._stage(table)
+        columns = ", ".join(table.columns)
+        try:
+            async with conn.transaction():  # a savepoint: a refusal undoes only this chunk
+                await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
+                await conn.execute(
+                    f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {stage} ON CONFLICT (id) DO NOTHING"
+                )
+                await conn.execute(f"TRUNCATE {stage}")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if classify(exc) != "row":
+                raise
+            if len(rows) == 1:
+                return [(events[0], _one_line(exc))]
+            mid = len(rows) // 2
+            return await self._upsert(table, rows[:mid], events[:mid]) + await self._upsert(
+                table, rows[mid:], events[mid:]
+            )
+        return []
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    state = getattr(exc, "sqlstate", None)
+    return f"{text} (SQLSTATE {state})" if state else text

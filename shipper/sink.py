@@ -1,0 +1,160 @@
+"""Where batches go: a small protocol, and an in-memory sink for users' own tests.
+
+A sink must make delivery exactly-once in effect. Two ways in:
+
+* :meth:`Sink.send` takes a batch in outbox order together with its ledger key
+  ``(outbox_id, after_seq)``; the key and the rows commit together, so a batch sent twice (a
+  retry after a lost reply, a second shipper) is refused whole and the sink says how far that
+  outbox has already got;
+* :meth:`Sink.upsert` takes any events (retried dead letters, replays) and skips ids it already
+  holds.
+
+Rows the sink refuses are handed to ``set_aside`` *before* the batch commits, so a crash between
+the two can never lose them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from outbox import Event
+
+from .rows import COMMAND_TOPIC, route
+
+__all__ = ["Batch", "SendResult", "SetAside", "Sink", "InMemorySink"]
+
+SetAside = Callable[[list[tuple[Event, str]]], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Events ``after_seq < seq <= last_seq`` of one outbox, in order."""
+
+    outbox_id: str
+    after_seq: int
+    last_seq: int
+    events: Sequence[Event]
+
+
+@dataclass
+class SendResult:
+    """What a send did: rows delivered, rows refused, or how far someone else already got."""
+
+    shipped: int = 0
+    rejected: list[tuple[Event, str]] = field(default_factory=list)
+    already_shipped_to: int | None = None  # set when the ledger refused the batch as a repeat
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Somewhere events can be delivered exactly once in effect."""
+
+    async def open(self) -> None:
+        """Connect (again, after a failure)."""
+
+    async def close(self) -> None:
+        """Disconnect; safe to call when not connected."""
+
+    async def try_lease(self, outbox_id: str) -> bool:
+        """Claim the right to ship this outbox; False while another shipper holds it."""
+
+    async def position(self, outbox_id: str) -> int:
+        """Return the highest seq of this outbox the sink has committed (0 if none)."""
+
+    async def send(self, batch: Batch, set_aside: SetAside) -> SendResult:
+        """Deliver a batch atomically with its ledger key."""
+
+    async def upsert(self, events: Sequence[Event], set_aside: SetAside | None = None) -> SendResult:
+        """Deliver events in any order, skipping ids already delivered."""
+
+    async def missing(self, events: Sequence[Event]) -> list[Event]:
+        """Return the events the sink does not hold."""
+
+    async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
+        """Forget bookkeeping older than ``retention_s`` (the ledger)."""
+
+
+class InMemorySink:
+    """A sink in a dict, for tests: same guarantees as Postgres, no server.
+
+    ``reject`` lets a test refuse chosen events (return an error text); ``down`` set to an
+    exception makes every call raise it, like a database that went away.
+    """
+
+    def __init__(self, reject: Callable[[Event], str | None] | None = None) -> None:
+        self.rows: dict[str, dict[str, Event]] = {"outbox_events": {}, COMMAND_TOPIC: {}}
+        self.ledger: dict[tuple[str, int], int] = {}
+        self.reject = reject
+        self.down: BaseException | None = None
+        self.sends = 0
+
+    def _check(self) -> None:
+        if self.down is not None:
+            raise self.down
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+        self._check()
+
+    async def close(self) -> None:
+        """Nothing to disconnect."""
+
+    async def try_lease(self, outbox_id: str) -> bool:
+        """Always granted: one process, one sink."""
+        self._check()
+        return True
+
+    async def position(self, outbox_id: str) -> int:
+        """Return the last seq the ledger records for this outbox."""
+        self._check()
+        return max((last for (oid, _), last in self.ledger.items() if oid == outbox_id), default=0)
+
+    async def send(self, batch: Batch, set_aside: SetAside) -> SendResult:
+        """Deliver a batch unless its ledger key is already taken."""
+        self._check()
+        self.sends += 1
+        key = (batch.outbox_id, batch.after_seq)
+        if key in self.ledger:
+            return SendResult(already_shipped_to=self.ledger[key])
+        result = self._take(batch.events)
+        if result.rejected:
+            await set_aside(result.rejected)
+        self.ledger[key] = batch.last_seq
+        return result
+
+    async def upsert(self, events: Sequence[Event], set_aside: SetAside | None = None) -> SendResult:
+        """Deliver events, skipping ids already held."""
+        self._check()
+        result = self._take(events)
+        if result.rejected and set_aside is not None:
+            await set_aside(result.rejected)
+        return result
+
+    def _take(self, events: Sequence[Event]) -> SendResult:
+        routed = route(events)
+        result = SendResult(rejected=list(routed.refused))
+        for table in routed.tables:
+            for event in table.events:
+                error = self.reject(event) if self.reject is not None else None
+                if error is not None:
+                    result.rejected.append((event, error))
+                    continue
+                self.rows[table.name].setdefault(event.id, event)
+                result.shipped += 1
+        return result
+
+    async def missing(self, events: Sequence[Event]) -> list[Event]:
+        """Return the events not held."""
+        self._check()
+        held = self.rows["outbox_events"].keys() | self.rows[COMMAND_TOPIC].keys()
+        return [e for e in events if e.id not in held]
+
+    async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
+        """Nothing to forget."""
+
+    @property
+    def ids(self) -> set[str]:
+        """Every event id delivered, whichever table."""
+        return set(self.rows["outbox_events"]) | set(self.rows[COMMAND_TOPIC])

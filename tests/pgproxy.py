@@ -1,0 +1,70 @@
+"""A loopback TCP proxy in front of the test Postgres that a test can cut and restore.
+
+Cutting closes every open connection and refuses new ones: from the shipper's side this is the
+server going away, whichever server the tests use (one they may stop, or ``OUTBOX_TEST_DSN``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+__all__ = ["PgProxy"]
+
+
+class PgProxy:
+    """Forward 127.0.0.1:<port> to the server in ``dsn`` (TCP or a Unix socket)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.target = dsn
+        parts = urlsplit(dsn)
+        host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
+        self._unix = f"{host}/.s.PGSQL.{parts.port or 5432}" if host.startswith("/") else None
+        self._tcp = (host, parts.port or 5432)
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    @property
+    def dsn(self) -> str:
+        """A DSN for the same database, through the proxy."""
+        parts = urlsplit(self.target)
+        user = parts.username or "postgres"
+        auth = f"{user}:{parts.password}@" if parts.password else f"{user}@"
+        return urlunsplit(("postgresql", f"{auth}127.0.0.1:{self.port}", parts.path, "", ""))
+
+    async def start(self) -> None:
+        """Listen (again) on the same port."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Refuse new connections and close the open ones."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._pipes):
+            writer.close()
+        self._pipes.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self._unix:
+                up_reader, up_writer = await asyncio.open_unix_connection(self._unix)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self._tcp)
+        except OSError:
+            writer.close()
+            return
+        self._pipes.update((writer, up_writer))
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+        self._pipes.discard(dst)
