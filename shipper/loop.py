@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from outbox import Outbox, OutboxError, OutboxReader
+from outbox import Event, Outbox, OutboxError, OutboxReader
 from outbox.maintenance import checkpoint, prune
 
 from .errors import ConnectError, ShipperError, classify
@@ -118,6 +118,7 @@ class Shipper:
         self._next_retry_check = 0.0
         self._next_gauges = 0.0
         self._fatal: BaseException | None = None
+        self._prefetch: tuple[int, asyncio.Future[list[Event]]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class Shipper:
             await self._release()
 
     async def _release(self) -> None:
+        self._drop_prefetch()
         if self._outbox is not None:
             self._outbox.remove_listener(self._wake.set)
         await self.sink.close()
@@ -286,12 +288,21 @@ class Shipper:
         return True
 
     async def _ship_once(self) -> int:
-        events = await self.reader.read_pending(self._limit, after=self._cursor)
+        events = await self._take_prefetched()
+        if events is None:
+            events = await self.reader.read_pending(self._limit, after=self._cursor)
         if not events:
             return 0
         batch = Batch(self.reader.outbox_id, self._cursor, events[-1].seq, events)
+        # Read the next batch from SQLite (on aiosqlite's thread) while this one is in flight to
+        # Postgres: the read then costs nothing, and a drain runs at the speed of COPY alone.
+        self._prefetch = (batch.last_seq, asyncio.ensure_future(self.reader.read_pending(self._limit, after=batch.last_seq)))
         started = time.monotonic()
-        result = await self.sink.send(batch, self.reader.set_aside)
+        try:
+            result = await self.sink.send(batch, self.reader.set_aside)
+        except BaseException:
+            self._drop_prefetch()
+            raise
         if result.already_shipped_to is not None:
             log.warning(
                 "events of outbox %s after seq %d were already shipped (to seq %d) by another shipper;"
@@ -302,6 +313,7 @@ class Shipper:
                 self.path,
             )
             self._cursor = max(self._cursor, result.already_shipped_to)
+            self._drop_prefetch()
             await self.reader.advance(self._cursor)
             return 1
         self._cursor = batch.last_seq
@@ -309,6 +321,23 @@ class Shipper:
         self._limit = min(self.batch_size, self._limit * 2)
         self._count(result.shipped, result.rejected, time.monotonic() - started)
         return len(events)
+
+    async def _take_prefetched(self) -> list[Event] | None:
+        """Return the batch read ahead, if it starts at the cursor; None to read afresh."""
+        if self._prefetch is None:
+            return None
+        after, task = self._prefetch
+        self._prefetch = None
+        if after != self._cursor:
+            _discard(task)
+            return None
+        events = await task
+        return events or None  # empty: read again, events may have come since
+
+    def _drop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            _discard(self._prefetch[1])
+            self._prefetch = None
 
     def _count(self, shipped: int, rejected: list[Any], seconds: float) -> None:
         self.stats.shipped += shipped
@@ -402,3 +431,8 @@ class Shipper:
         for pragma in ("page_count", "freelist_count", "page_size"):
             rows[pragma] = list(await self.reader.db.execute_fetchall(f"PRAGMA main.{pragma}"))[0][0]
         return int((rows["page_count"] - rows["freelist_count"]) * rows["page_size"])
+
+
+def _discard(task: asyncio.Future[list[Event]]) -> None:
+    """Let a read-ahead finish unobserved (cancelling mid-query would upset aiosqlite's thread)."""
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
