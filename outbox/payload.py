@@ -9,9 +9,10 @@ string checks; the slow walk that names the exact location runs only when someth
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import PayloadError
@@ -21,6 +22,34 @@ __all__ = ["encode_payload", "check_topic", "MAX_TOPIC_LENGTH"]
 MAX_TOPIC_LENGTH = 200
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _c_encoder() -> Callable[[Any, int], list[str]] | None:
+    """Return ``_ENCODER``'s C encoder, built once instead of on every ``encode`` call.
+
+    ``JSONEncoder.encode`` builds a fresh C encoder per call, which is ~40% of encoding a
+    200-byte event. This one keeps no circular-reference markers (a shared marker dict would
+    be unsafe across threads and could keep stale entries after an error): a circular payload
+    ends in ``RecursionError`` instead of ``ValueError``, and both lead to the same walk that
+    names the loop. ``None`` where the C accelerator is missing or does not match.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder: Callable[[Any, int], list[str]] = make(
+            None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        )
+        sample = {"a": [1, 2.5, None, True], "é": {"b": "x\ny"}, "n": 10**20}
+        if "".join(encoder(sample, 0)) != _ENCODER.encode(sample):
+            return None
+    except Exception:  # a future signature change: fall back to the public API
+        return None
+    return encoder
+
+
+_C_ENCODE = _c_encoder()
+
 # ``\u0000`` in the encoded text that is not itself an escaped backslash followed by "u0000".
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _good_topics: set[str] = set()
@@ -46,11 +75,14 @@ def check_topic(topic: object) -> str:
 
 def encode_payload(payload: object, max_bytes: int) -> tuple[str, int]:
     """Return ``(json_text, utf8_size)`` for ``payload`` or raise :class:`PayloadError`."""
-    if not isinstance(payload, Mapping):
+    if type(payload) is dict:  # checked first: isinstance against an ABC costs ~0.1 us
+        obj = payload
+    elif isinstance(payload, Mapping):
+        obj = dict(payload)
+    else:
         raise PayloadError(f"payload must be a mapping, not {type(payload).__name__}")
-    obj = payload if type(payload) is dict else dict(payload)
     try:
-        text: str = _ENCODER.encode(obj)
+        text: str = "".join(_C_ENCODE(obj, 0)) if _C_ENCODE is not None else _ENCODER.encode(obj)
     except (TypeError, ValueError, RecursionError) as exc:
         raise PayloadError(_explain(obj, exc)) from None
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
