@@ -100,10 +100,9 @@ def run(token: str | None, outbox_path: Path, dsn: str | None, sync: bool, log_l
 @click.option(
     "--outbox",
     "outbox_path",
-    default="events.db",
-    show_default=True,
+    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The outbox file the command log appends to.",
+    help="The outbox file the simulated commands are logged to (keep it apart from a real bot's).",
 )
 @click.option("--dsn", help="Also ship to this Postgres with an in-process shipper and count the rows there.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also run with logging off.")

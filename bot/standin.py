@@ -6,7 +6,11 @@ in for real (``GET /users/@me``, ``GET /oauth2/applications/@me``), run ``setup_
 interactions over real HTTP, which this server records. It answers only what a slash-command
 bot needs; anything else gets a Discord-shaped 404.
 
-Two details discord.py insists on (see docs/notes): the ``Content-Type`` must be exactly
+It can stand in for the gateway too (``/gateway``: HELLO, heartbeat ACKs, READY, then whatever
+:meth:`DiscordStandIn.send_event` pushes), for a bot started with ``Client.start`` once
+``DiscordWebSocket.DEFAULT_GATEWAY`` points at :attr:`DiscordStandIn.gateway` (see :func:`pointed_at`).
+
+Two details discord.py insists on: the ``Content-Type`` must be exactly
 ``application/json`` (aiohttp's ``json_response`` appends a charset and discord.py then reads
 the body as text), and since 2.5 the interaction callback expects ``{"interaction": {...}}``.
 """
@@ -22,8 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import discord.gateway
 import discord.http
-from aiohttp import web
+import yarl
+from aiohttp import WSMsgType, web
 
 __all__ = ["DiscordStandIn", "Exchange", "snowflake", "pointed_at"]
 
@@ -63,14 +69,18 @@ class Exchange:
 
 
 @contextmanager
-def pointed_at(base: str) -> Iterator[None]:
-    """Point discord.py's REST base URL at ``base`` for the duration, then restore it."""
+def pointed_at(base: str, gateway: str | None = None) -> Iterator[None]:
+    """Point discord.py's REST base URL (and gateway, if given) at a stand-in, then restore them."""
     saved = discord.http.Route.BASE
+    saved_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     discord.http.Route.BASE = base
+    if gateway is not None:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
     try:
         yield
     finally:
         discord.http.Route.BASE = saved
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved_gateway
 
 
 class DiscordStandIn:
@@ -99,7 +109,11 @@ class DiscordStandIn:
         self._waiters: dict[int, asyncio.Future[Exchange]] = {}
         self._token_to_interaction: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
+        self._sockets: list[web.WebSocketResponse] = []
+        self._sequence = 0
+        self.identified = asyncio.Event()
         self.base = ""
+        self.gateway = ""
 
     @property
     def bot_user(self) -> dict[str, Any]:
@@ -118,17 +132,21 @@ class DiscordStandIn:
         """Start serving and return the base URL to put in ``Route.BASE``."""
         app = web.Application()
         app.router.add_route("*", "/api/v10/{tail:.*}", self._handle)
+        app.router.add_get("/gateway", self._gateway)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = self._runner.addresses[0][1]
         self.base = f"http://127.0.0.1:{port}/api/v10"
+        self.gateway = f"ws://127.0.0.1:{port}/gateway"
         return self.base
 
     async def close(self) -> None:
         """Stop serving; pending waiters are cancelled."""
         runner, self._runner = self._runner, None
+        for ws in self._sockets:
+            await ws.close()
         if runner is not None:
             await runner.cleanup()
         for waiter in self._waiters.values():
@@ -168,6 +186,42 @@ class DiscordStandIn:
     def responses_to(self, interaction_id: int) -> list[Exchange]:
         """Every response and follow-up sent for ``interaction_id``, in order."""
         return [e for e in self.exchanges if e.interaction_id == interaction_id]
+
+    async def send_event(self, name: str, data: dict[str, Any]) -> None:
+        """Push a gateway DISPATCH (``INTERACTION_CREATE``, say) to every connected bot."""
+        self._sequence += 1
+        for ws in self._sockets:
+            await ws.send_json({"op": 0, "t": name, "s": self._sequence, "d": data})
+
+    # -- the gateway ----------------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        try:
+            await ws.send_json({"op": 10, "d": {"heartbeat_interval": 41250}})
+            async for msg in ws:
+                if msg.type is not WSMsgType.TEXT:
+                    continue
+                op = json.loads(msg.data).get("op")
+                if op == 1:  # heartbeat
+                    await ws.send_json({"op": 11})
+                elif op == 2:  # identify
+                    self._sequence += 1
+                    ready = {
+                        "v": 10,
+                        "user": self.bot_user,
+                        "guilds": [],
+                        "session_id": "standin-session",
+                        "resume_gateway_url": self.gateway,
+                        "application": {"id": str(self.application_id), "flags": 0},
+                    }
+                    await ws.send_json({"op": 0, "t": "READY", "s": self._sequence, "d": ready})
+                    self.identified.set()
+        finally:
+            self._sockets.remove(ws)
+        return ws
 
     # -- the server ---------------------------------------------------------------------------
 

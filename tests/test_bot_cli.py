@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -11,11 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
+import pytest
 from click.testing import CliRunner
 
 from bot.cli import main
+from bot.payloads import slash, subcommand
+from bot.runner import RunConfig, run_bot
 from bot.standin import DiscordStandIn, pointed_at
-from discord_harness import outbox_rows
+from discord_harness import ALICE, GUILD, outbox_rows
 
 TIMEOUT = 120
 
@@ -37,7 +43,7 @@ async def test_simulate_subprocess_logs_and_ships_every_command(
     out = proc.stdout
     assert "logging off" in out and "logging on" in out and "overhead (on - off)" in out
     assert "outbox: 40 new command_calls rows" in out
-    assert "postgres: 40 rows in table command_calls" in out
+    assert "postgres: 40 new rows in table command_calls" in out
     rows = await outbox_rows(path)
     assert len(rows) == 40
     assert {r["command"] for r in rows} >= {"leaderboard", "profile", "queue join"}
@@ -96,3 +102,79 @@ def test_help_teaches_every_command() -> None:
     assert top.exit_code == 0 and all(c in top.output for c in ("run", "simulate", "demo"))
     run_help = runner.invoke(main, ["run", "--help"])
     assert "DISCORD_TOKEN" in run_help.output and "OUTBOX_PATH" in run_help.output and "OUTBOX_DSN" in run_help.output
+
+
+async def test_run_ships_in_process_and_stops_on_sigterm(
+    tmp_path: Path, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await serve_one_command(tmp_path, pg_dsn, caplog)
+
+
+async def test_run_without_a_dsn_leaves_shipping_to_a_sidecar(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    await serve_one_command(tmp_path, None, caplog)
+
+
+async def serve_one_command(tmp_path: Path, dsn: str | None, caplog: pytest.LogCaptureFixture) -> None:
+    """``run``'s own code path: log in, identify on a gateway, answer, ship (or not), SIGTERM, exit."""
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "events.db"
+    in_process = dsn is not None
+    async with DiscordStandIn(valid_token="tok") as standin:
+        with pointed_at(standin.base, gateway=standin.gateway):
+            task = asyncio.create_task(run_bot(RunConfig(token="tok", outbox_path=path, dsn=dsn)))
+            try:
+                await asyncio.wait_for(standin.identified.wait(), 30)
+                payload = slash(
+                    "queue", subcommand("status"), player=ALICE, where=GUILD, application_id=standin.application_id
+                )
+                answered = standin.expect_response(int(payload["id"]))
+                await standin.send_event("INTERACTION_CREATE", payload)
+                exchange = await asyncio.wait_for(answered, 10)
+                assert "Queued now" in (exchange.content or "")
+                if dsn is not None:
+                    assert await _shipped_row(dsn) == (ALICE.id, "queue status", "ok")
+                os.kill(os.getpid(), signal.SIGTERM)  # run_bot's handler closes the bot
+                await asyncio.wait_for(task, 30)
+            finally:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait([task], timeout=10)
+    assert task.exception() is None
+    assert [r["command"] for r in await outbox_rows(path)] == ["queue status"]
+    said_sidecar = [r.getMessage() for r in caplog.records if "sidecar" in r.getMessage()]
+    if in_process:
+        assert said_sidecar == []
+    else:
+        assert len(said_sidecar) == 1 and "OUTBOX_DSN" in said_sidecar[0] and str(path) in said_sidecar[0]
+
+
+async def _shipped_row(dsn: str) -> tuple[object, ...] | None:
+    """Wait (up to 10 s) for the one row the in-process shipper should deliver while the bot runs."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(200):
+            if await _count(conn) == 1:
+                row = await conn.fetchrow("SELECT discord_uid, command, outcome FROM command_calls")
+                return tuple(row)
+            await asyncio.sleep(0.05)
+        return None
+    finally:
+        await conn.close()
+
+
+async def _count(conn: asyncpg.Connection) -> int:
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM command_calls"))
+    except asyncpg.UndefinedTableError:
+        return 0  # the shipper has not migrated yet
+
+
+def test_simulate_with_an_unreachable_dsn_fails_fast_on_one_line(tmp_path: Path) -> None:
+    dsn = "postgresql://ladder:hunter2@127.0.0.1:1/ladder"
+    result = CliRunner().invoke(
+        main, ["simulate", "--commands", "5", "--warmup", "0", "--outbox", str(tmp_path / "e.db"), "--dsn", dsn]
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot reach Postgres"), result.output
+    assert "hunter2" not in result.output and "ladder:***@" in result.output
