@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from . import maintenance
+from .clilog import log_to_stderr
 from .clitools import (
     CONTEXT_SETTINGS,
     EXIT_CODES_HELP,
@@ -26,7 +27,6 @@ from .clitools import (
     TimeType,
     check_range,
     echo_json,
-    log_to_stderr,
     path_argument,
     progress,
     range_options,
@@ -35,7 +35,7 @@ from .clitools import (
 from .errors import OutboxError
 from .jsonl import ImportSummary, export_events, import_events
 from .reader import DeadLetter, OutboxReader, Status
-from .report import dead_letter_json, render_dead_letters, render_status
+from .report import counted, dead_letter_json, render_dead_letters, render_status
 
 __all__ = ["outbox", "main"]
 
@@ -135,7 +135,7 @@ def export(path: Path, since: int | None, until: int | None, topic: str | None, 
         return
     with open(output, "wb") as out:
         count = run(_export(path, out, since, until, topic))
-    click.echo(f"exported {count} events to {output}", err=True)
+    click.echo(f"exported {counted(count, 'event')} to {output}", err=True)
 
 
 async def _import(path: Path, source: Any, name: str, skip_bad: bool, max_payload_bytes: int) -> ImportSummary:
@@ -207,10 +207,10 @@ def import_(path: Path, file: str, skip_bad: bool, max_payload_bytes: int, as_js
     for number, why in summary.skipped[:20]:
         click.echo(f"skipped {name} line {number}: {why}", err=True)
     if len(summary.skipped) > 20:
-        click.echo(f"... and {len(summary.skipped) - 20} more bad lines (--json lists them all)", err=True)
+        click.echo(f"... and {counted(len(summary.skipped) - 20, 'more bad line')} (--json lists them all)", err=True)
     click.echo(
-        f"imported {summary.added} events into {path} ({summary.already_present} already present,"
-        f" {len(summary.skipped)} bad lines skipped)"
+        f"imported {counted(summary.added, 'event')} into {path} ({summary.already_present:,} already present,"
+        f" {counted(len(summary.skipped), 'bad line')} skipped)"
     )
 
 
@@ -296,7 +296,7 @@ def dead_retry(path: Path, ids: tuple[str, ...], topic: str | None) -> None:
     """
     path, wanted = _split_ids(path, ids)
     count, _ = run(_dead(path, "retry", topic, wanted))
-    click.echo(f"marked {count} dead letters for retry" + _not_found(count, wanted))
+    click.echo(f"marked {counted(count, 'dead letter')} for retry" + _not_found(count, wanted))
 
 
 @dead.command("drop", epilog=EXIT_CODES_HELP)
@@ -318,7 +318,7 @@ def dead_drop(path: Path, ids: tuple[str, ...], topic: str | None, drop_all: boo
     if not wanted and topic is None and not drop_all:
         raise click.UsageError("name the dead letters to drop: ids, --topic TOPIC, or --all")
     count, _ = run(_dead(path, "drop", topic, wanted))
-    click.echo(f"dropped {count} dead letters and their events" + _not_found(count, wanted))
+    click.echo(f"dropped {counted(count, 'dead letter')} and {'its event' if count == 1 else 'their events'}" + _not_found(count, wanted))
 
 
 def _not_found(count: int, ids: Sequence[str]) -> str:
@@ -357,7 +357,7 @@ def prune(path: Path, older_than: int) -> None:
       outbox prune events.db --older-than 2024-05-01T00:00:00Z
     """
     deleted = run(_prune(path, older_than))
-    click.echo(f"pruned {deleted} shipped events created before {maintenance.format_time(older_than)}")
+    click.echo(f"pruned {counted(deleted, 'shipped event')} created before {maintenance.format_time(older_than)}")
 
 
 def main() -> None:

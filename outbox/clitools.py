@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import sys
 import time
@@ -38,6 +37,8 @@ __all__ = [
     "parse_duration",
     "parse_time",
     "scrub_secrets",
+    "one_line",
+    "describe_error",
     "progress",
     "run",
     "path_argument",
@@ -46,7 +47,6 @@ __all__ = [
     "echo_json",
     "check_range",
     "format_time",
-    "log_to_stderr",
 ]
 
 T = TypeVar("T")
@@ -163,11 +163,13 @@ class TimeType(click.ParamType):  # type: ignore[type-arg]  # generic from click
 # -- errors --------------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """Fold a message onto one line."""
     return re.sub(r"\s*\n\s*", "; ", text.strip())
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """Return what went wrong, without the exception's type (``path: No such file or directory``)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
     if isinstance(exc, OSError) and exc.strerror:
@@ -191,13 +193,13 @@ class CliGroup(click.Group):
         self, family: type[BaseException], code: int, describe: Callable[[BaseException], str] | None = None
     ) -> None:
         """Report exceptions of ``family`` as ``describe(exc)`` (default: the message) with ``code``."""
-        self.error_codes[family] = (code, describe or _describe)
+        self.error_codes[family] = (code, describe or describe_error)
 
     def translate(self, exc: BaseException) -> tuple[int, str]:
         """Return the exit code and the one-line message for ``exc``."""
         matches = [(len(family.__mro__), entry) for family, entry in self.error_codes.items() if isinstance(exc, family)]
         if not matches:
-            return EXIT_FAILURE, f"unexpected {type(exc).__name__}: {_describe(exc)}"
+            return EXIT_FAILURE, f"unexpected {type(exc).__name__}: {describe_error(exc)}"
         code, describe = max(matches, key=lambda match: match[0])[1]
         return code, describe(exc)
 
@@ -234,17 +236,17 @@ class CliGroup(click.Group):
             return EXIT_USAGE
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            self._fail(f"{_one_line(exc.format_message())}{hint}")
+            self._fail(f"{one_line(exc.format_message())}{hint}")
             return exc.exit_code
         except click.ClickException as exc:
-            self._fail(_one_line(exc.format_message()))
+            self._fail(one_line(exc.format_message()))
             return exc.exit_code
         except click.Abort:
             self._fail("interrupted")
             return EXIT_INTERRUPTED
         except Exception as exc:  # the one place where errors become messages
             code, message = self.translate(exc)
-            self._fail(_one_line(message))
+            self._fail(one_line(message))
             return code
         if isinstance(rv, int) and not isinstance(rv, bool):
             return rv
@@ -329,57 +331,3 @@ def check_range(since_us: int | None, until_us: int | None) -> None:
 def echo_json(value: Any) -> None:
     """Print ``value`` as indented JSON on stdout (the stable form scripts read)."""
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-# -- logging -------------------------------------------------------------------------------------
-
-_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
-
-
-class _LineFormatter(logging.Formatter):
-    """One line per record, JSON or text, passwords scrubbed, exceptions summarised (no traceback)."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            message = f"{message} ({type(exc).__name__}: {_describe(exc)})"
-        message = scrub_secrets(_one_line(message))
-        extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
-        stamp = datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds")
-        if self.kind == "json":
-            line: dict[str, Any] = {"time": stamp, "level": record.levelname.lower(), "logger": record.name, "message": message}
-            for key, value in extras.items():
-                line.setdefault(key, value if isinstance(value, (int, float, bool, type(None))) else str(value))
-            return scrub_secrets(json.dumps(line, ensure_ascii=False, default=str))
-        fields = "".join(f" {key}={value}" for key, value in extras.items())
-        return scrub_secrets(f"{stamp} {record.levelname:<7} {record.name}: {message}{fields}")
-
-
-@contextmanager
-def log_to_stderr(level: str = "warning", kind: str = "text") -> Iterator[None]:
-    """Send log records at ``level`` and above to stderr, one line each, for the duration.
-
-    ``kind`` is ``"text"`` or ``"json"``. The handler is removed afterwards, so a test runner's
-    captured streams are not written to once closed.
-    """
-    root = logging.getLogger()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LineFormatter(kind))
-    outer = [h for h in root.handlers if isinstance(h.formatter, _LineFormatter)]  # ours, from main()
-    old_level = root.level
-    for h in outer:
-        root.removeHandler(h)
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper()))
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        for h in outer:
-            root.addHandler(h)
-        root.setLevel(old_level)

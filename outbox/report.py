@@ -8,7 +8,12 @@ from typing import Any
 from .maintenance import format_time
 from .reader import DeadLetter, Status
 
-__all__ = ["human_bytes", "human_age", "render_status", "render_dead_letters", "dead_letter_json"]
+__all__ = ["counted", "human_bytes", "human_age", "render_status", "render_dead_letters", "dead_letter_json"]
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """Return ``1 event`` or ``3 events`` (``plural`` when adding an s will not do)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def human_bytes(n: int) -> str:
@@ -83,5 +88,5 @@ def render_dead_letters(letters: Sequence[DeadLetter]) -> str:
         for d in letters
     ]
     lines = _table(("ID", "TOPIC", "STATUS", "TRIES", "FAILED AT", "ERROR"), rows, {3})
-    lines.append(f"{len(letters)} dead letters")
+    lines.append(counted(len(letters), "dead letter"))
     return "\n".join(lines)

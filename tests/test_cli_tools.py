@@ -15,11 +15,11 @@ from outbox.clitools import (
     EXIT_OUTBOX,
     EXIT_USAGE,
     CliGroup,
-    log_to_stderr,
     parse_duration,
     parse_time,
     scrub_secrets,
 )
+from outbox.clilog import log_to_stderr
 from outbox.errors import NotAnOutboxError, OutboxError
 from outbox.report import human_age, human_bytes
 

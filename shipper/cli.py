@@ -1,0 +1,314 @@
+"""The ``shipper`` command line: the sidecar (``run``), a one-off ``drain``, and ``migrate``."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from outbox import OutboxError, OutboxReader
+from outbox.clilog import log_to_stderr
+from outbox.clitools import (
+    CONTEXT_SETTINGS,
+    EXIT_CODES_HELP,
+    EXIT_OUTBOX,
+    CliGroup,
+    DurationType,
+    dsn_option,
+    echo_json,
+    progress,
+    run,
+)
+from outbox.report import counted
+
+from .dsn import redact_dsn
+from .loop import Shipper, ShipperStats
+from .migrate import migrate as migrate_schema
+from .outbox_cli import register_postgres_errors
+
+__all__ = ["shipper", "main", "ShipperSettings"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipperSettings:
+    """What the command line says about how to ship (the ``Shipper`` constructor's options)."""
+
+    outbox_path: Path
+    dsn: str
+    batch_size: int = 1000
+    flush_interval: float = 0.05
+    metrics_port: int | None = None
+    retention_s: float = 7 * 86400
+    stop_timeout: float = 10.0
+
+    def make(self) -> Shipper:
+        """Build the shipper these settings describe."""
+        return Shipper(
+            self.outbox_path,
+            self.dsn,
+            batch_size=self.batch_size,
+            flush_interval=self.flush_interval,
+            metrics_port=self.metrics_port,
+            retention_s=self.retention_s,
+            stop_timeout=self.stop_timeout,
+        )
+
+
+@click.group(cls=CliGroup, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES_HELP)
+@click.version_option(package_name="discord-outbox", message="%(prog)s %(version)s")
+def shipper() -> None:
+    """Ship a local outbox to Postgres, exactly once in effect.
+
+    \b
+    Examples:
+      shipper migrate --dsn postgresql://bot:secret@db/bot
+      shipper run --outbox events.db --dsn postgresql://bot:secret@db/bot --metrics-port 9464
+      shipper drain --outbox events.db     # with OUTBOX_DSN or DATABASE_URL set
+    """
+
+
+assert isinstance(shipper, CliGroup)
+shipper.register_error(OutboxError, EXIT_OUTBOX)
+shipper.register_error(OSError, EXIT_OUTBOX)
+register_postgres_errors(shipper)
+
+
+def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option(
+            "--outbox",
+            "outbox_path",
+            envvar="OUTBOX_PATH",
+            show_envvar=True,
+            required=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            metavar="PATH",
+            help="The outbox file (created if missing).",
+        ),
+        dsn_option(),
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Most events per batch."
+        ),
+        click.option(
+            "--flush-interval",
+            type=click.FloatRange(min=0.001),
+            default=0.05,
+            show_default=True,
+            metavar="SECONDS",
+            help="How often to look for new events when idle.",
+        ),
+        click.option(
+            "--metrics-port",
+            type=click.IntRange(min=1, max=65535),
+            help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.",
+        ),
+        click.option(
+            "--retention",
+            type=DurationType(),
+            default="7d",
+            show_default=True,
+            help="Keep shipped events this long for replay and verify, then prune them.",
+        ),
+        click.option(
+            "--stop-timeout",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="On stop, ship what is pending for up to this long; the rest stays in the outbox.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _log_options(default_level: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option(
+            "--log-format",
+            type=click.Choice(["text", "json"], case_sensitive=False),
+            default="text",
+            show_default=True,
+            envvar="SHIPPER_LOG_FORMAT",
+            show_envvar=True,
+            help="One line per record on stderr; json for log collectors. Passwords are never logged.",
+        )(func)
+        return click.option(
+            "--log-level",
+            type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+            default=default_level,
+            show_default=True,
+            envvar="SHIPPER_LOG_LEVEL",
+            show_envvar=True,
+        )(func)
+
+    return decorate
+
+
+def _settings(options: dict[str, Any]) -> ShipperSettings:
+    return ShipperSettings(
+        outbox_path=options["outbox_path"],
+        dsn=options["dsn"],
+        batch_size=options["batch_size"],
+        flush_interval=options["flush_interval"],
+        metrics_port=options["metrics_port"],
+        retention_s=options["retention"],
+        stop_timeout=options["stop_timeout"],
+    )
+
+
+async def _start(settings: ShipperSettings) -> Shipper:
+    """Start a shipper; a metrics port that cannot be served is the operator's to fix, at once."""
+    s = settings.make()
+    try:
+        await s.start()
+    except OSError as exc:
+        await s.stop()
+        if settings.metrics_port is not None and exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise click.ClickException(
+                f"cannot serve metrics on 127.0.0.1:{settings.metrics_port}: {exc.strerror}"
+            ) from None
+        raise
+    return s
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+async def _serve(settings: ShipperSettings) -> ShipperStats:
+    s = await _start(settings)
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, _stop_on_signal, s, sig)
+    try:
+        await s.serve()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return s.stats
+
+
+def _stop_on_signal(s: Shipper, sig: signal.Signals) -> None:
+    log.info("%s received: shipping what is pending, then stopping", sig.name)
+    s.request_stop()
+
+
+@shipper.command("run", epilog=EXIT_CODES_HELP)
+@_shipping_options
+@_log_options("info")
+def run_(log_level: str, log_format: str, **options: Any) -> None:
+    """Ship continuously: the sidecar next to your bot.
+
+    Ships every new event within about --flush-interval, survives Postgres outages (events wait
+    in the outbox, retried with backoff), and on SIGTERM or SIGINT ships what is pending (up to
+    --stop-timeout) and exits 0. Only one shipper per outbox ships at a time; a second one
+    stands by.
+
+    \b
+    Examples:
+      shipper run --outbox /var/lib/bot/events.db --dsn postgresql://bot:secret@db/bot
+      OUTBOX_PATH=events.db DATABASE_URL=postgresql://bot@db/bot shipper run --log-format json
+    """
+    settings = _settings(options)
+    with log_to_stderr(log_level, log_format):
+        stats = run(_serve(settings))
+        log.info("stopped: shipped %d events (%d dead letters, %d retries)", stats.shipped, stats.dead, stats.retries)
+
+
+# -- drain ---------------------------------------------------------------------------------------
+
+
+async def _drain(settings: ShipperSettings, timeout: float | None) -> ShipperStats:
+    await migrate_schema(settings.dsn)  # fail at once, clearly, when Postgres cannot be reached
+    async with OutboxReader(settings.outbox_path, create=True) as reader:
+        pending = (await reader.status()).pending
+    s = await _start(settings)
+    try:
+        with progress("shipping", pending) as update:
+            watcher = asyncio.create_task(_watch(s, update))
+            try:
+                await s.drain(timeout=timeout)
+            finally:
+                watcher.cancel()
+            update(s.stats.shipped + s.stats.dead)
+    finally:
+        await s.stop()
+    return s.stats
+
+
+async def _watch(s: Shipper, update: Callable[[int], None]) -> None:
+    while True:
+        update(s.stats.shipped + s.stats.dead)
+        await asyncio.sleep(0.2)
+
+
+@shipper.command(epilog=EXIT_CODES_HELP)
+@_shipping_options
+@_log_options("warning")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Give up (exit 4) if the events are not all shipped by then. Default: wait.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool, **options: Any) -> None:
+    """Ship everything pending now, then exit; print how many events were shipped.
+
+    For cron jobs, maintenance windows, or after `outbox import`. Fails at once (exit 4) if
+    Postgres cannot be reached.
+
+    \b
+    Examples:
+      shipper drain --outbox events.db --dsn postgresql://bot:secret@db/bot
+      shipper drain --outbox events.db --timeout 300 --json
+    """
+    settings = _settings(options)
+    with log_to_stderr(log_level, log_format):
+        stats = run(_drain(settings, timeout))
+    if as_json:
+        echo_json({"shipped": stats.shipped, "dead": stats.dead, "retries": stats.retries})
+        return
+    click.echo(f"shipped {counted(stats.shipped, 'event')} to {redact_dsn(settings.dsn)}")
+    if stats.dead:
+        click.echo(f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters: outbox dead list {settings.outbox_path}")
+
+
+# -- migrate -------------------------------------------------------------------------------------
+
+
+@shipper.command(epilog=EXIT_CODES_HELP)
+@dsn_option()
+def migrate(dsn: str) -> None:
+    """Create or upgrade the Postgres tables the shipper writes (safe to run again).
+
+    `shipper run` and `shipper drain` do this on first use too; run it yourself when the bot's
+    database user may not create tables.
+
+    \b
+    Examples:
+      shipper migrate --dsn postgresql://admin:secret@db/bot
+    """
+    version = run(migrate_schema(dsn))
+    click.echo(f"outbox schema at version {version} on {redact_dsn(dsn)}")
+
+
+def main() -> None:
+    """Run the ``shipper`` command line."""
+    with log_to_stderr("warning"):
+        shipper.main()
+
+
+if __name__ == "__main__":
+    main()

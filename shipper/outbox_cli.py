@@ -1,0 +1,187 @@
+"""The ``outbox`` console script: the local commands of ``outbox.cli`` plus replay and verify.
+
+``replay`` and ``verify`` talk to Postgres, so they live on this side of the one-way dependency
+(``shipper`` -> ``outbox``) and are added to the group defined in :mod:`outbox.cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import click
+
+from outbox import OutboxReader
+from outbox.cli import outbox as cli
+from outbox.clilog import log_to_stderr
+from outbox.clitools import (
+    EXIT_CODES_HELP,
+    EXIT_POSTGRES,
+    CliGroup,
+    check_range,
+    dsn_option,
+    echo_json,
+    path_argument,
+    progress,
+    range_options,
+    run,
+)
+from outbox.report import counted
+
+from .dsn import redact_dsn
+from .errors import ShipperError
+from .replay import ReplayResult, VerifyResult
+from .replay import replay as replay_events
+from .replay import verify as verify_events
+
+__all__ = ["cli", "main", "register_postgres_errors"]
+
+
+def _describe_postgres(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return f"Postgres: {text} (has `shipper migrate --dsn DSN` been run on this database?)"
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"Postgres refused: {text}"
+    return f"lost the connection to Postgres: {text}"
+
+
+def register_postgres_errors(group: CliGroup) -> None:
+    """Report shipper and Postgres errors as such, with exit code 4."""
+    group.register_error(ShipperError, EXIT_POSTGRES)
+    group.register_error(ConnectionError, EXIT_POSTGRES, _describe_postgres)
+    group.register_error(asyncpg.PostgresError, EXIT_POSTGRES, _describe_postgres)
+    group.register_error(asyncpg.InterfaceError, EXIT_POSTGRES, _describe_postgres)
+
+
+assert isinstance(cli, CliGroup)
+register_postgres_errors(cli)
+
+
+# -- replay --------------------------------------------------------------------------------------
+
+
+async def _replay(
+    path: Path, dsn: str | None, since: int | None, until: int | None, topic: str | None, dry_run: bool
+) -> ReplayResult:
+    async with OutboxReader(path) as reader:
+        total = await reader.count_events(since_us=since, until_us=until, topic=topic)
+        with progress("selecting" if dry_run else "replaying", total, deltas=True) as step:
+            return await replay_events(
+                reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step
+            )
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@path_argument
+@dsn_option(required=False)
+@range_options
+@click.option("--dry-run", is_flag=True, help="Say what would be sent; connect to nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def replay(
+    path: Path,
+    dsn: str | None,
+    since: int | None,
+    until: int | None,
+    topic: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Send a range of events to Postgres again, shipped ones too.
+
+    For a Postgres restored to an earlier point: the events shipped since that point are still
+    in the outbox (until pruned) and are sent again. Ids already in Postgres are skipped, so a
+    replay can be repeated safely. Run `outbox verify` first to see what is missing.
+
+    \b
+    Examples:
+      outbox replay events.db --dsn postgresql://bot@db/bot --since 2024-05-01T09:00:00Z
+      outbox replay events.db --since 6h --topic command_calls --dry-run
+    """
+    check_range(since, until)
+    if dsn is None and not dry_run:
+        raise click.UsageError("Missing option '--dsn' (or set OUTBOX_DSN or DATABASE_URL)")
+    result = run(_replay(path, dsn, since, until, topic, dry_run))
+    where = redact_dsn(dsn) if dsn else "Postgres"
+    if as_json:
+        echo_json(
+            {
+                "selected": result.selected,
+                "sent": result.inserted,
+                "refused": result.rejected,
+                "by_topic": result.by_topic,
+                "dry_run": dry_run,
+            }
+        )
+    elif dry_run:
+        click.echo(f"would send {counted(result.selected, 'event')} to {where} (dry run: nothing sent)")
+        for name, count in sorted(result.by_topic.items()):
+            click.echo(f"  {name}  {count}")
+    else:
+        click.echo(
+            f"replayed {counted(result.selected, 'event')} to {where}: {result.inserted:,} accepted"
+            f" (ids already there are left as they are), {result.rejected:,} refused"
+        )
+    if result.rejected:
+        raise click.ClickException(f"Postgres refused {result.rejected:,} of the replayed events (dead letters are refused again: outbox dead list {path})")
+
+
+# -- verify --------------------------------------------------------------------------------------
+
+
+async def _verify(path: Path, dsn: str) -> VerifyResult:
+    async with OutboxReader(path) as reader:
+        total = (await reader.status()).shipped
+        with progress("verifying", total, deltas=True) as step:
+            return await verify_events(reader, dsn, progress=step)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@path_argument
+@dsn_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (missing ids included).")
+def verify(path: Path, dsn: str, as_json: bool) -> None:
+    """Prove that every shipped event still in the outbox is in Postgres.
+
+    Checks in chunks, so any size of outbox works. Prints how many are missing per topic and
+    exits 1 when any is; `outbox replay` then sends them again.
+
+    \b
+    Examples:
+      outbox verify events.db --dsn postgresql://bot@db/bot
+      OUTBOX_DSN=postgresql://bot@db/bot outbox verify events.db --json
+    """
+    result = run(_verify(path, dsn))
+    missing = sum(result.missing.values())
+    where = redact_dsn(dsn)
+    if as_json:
+        echo_json(
+            {
+                "checked": result.checked,
+                "missing": result.missing,
+                "missing_total": missing,
+                "missing_ids": result.missing_ids,
+                "ok": not missing,
+            }
+        )
+    elif not missing:
+        click.echo(f"checked {counted(result.checked, 'shipped event')} against {where}: all present")
+    else:
+        click.echo(f"checked {counted(result.checked, 'shipped event')} against {where}: {missing:,} missing")
+        for name, count in sorted(result.missing.items()):
+            click.echo(f"  {name}  {count} missing")
+        click.echo("first missing ids: " + " ".join(result.missing_ids[:10]))
+    if missing:
+        raise click.ClickException(
+            f"{counted(missing, 'shipped event')} {'is' if missing == 1 else 'are'} missing from Postgres; `outbox replay {path}` sends them again"
+        )
+
+
+def main() -> None:
+    """Run the ``outbox`` command line."""
+    with log_to_stderr("warning"):
+        cli.main()
+
+
+if __name__ == "__main__":
+    main()
