@@ -120,8 +120,9 @@ async def _export(path: Path, out: Any, since: int | None, until: int | None, to
 def export(path: Path, since: int | None, until: int | None, topic: str | None, output: str) -> None:
     """Write events as JSON lines (one event per line).
 
-    Events come in the order they were appended. Each line holds id, topic, payload, created_at (ISO 8601, UTC), seq and status (pending,
-    shipped or dead). `outbox import` reads the same shape back, keeping the ids.
+    Events come in the order they were appended. Each line holds id, topic, payload,
+    created_at (ISO 8601, UTC), seq and status (pending, shipped or dead). `outbox import`
+    reads the same shape back, keeping the ids.
 
     \b
     Examples:
@@ -177,11 +178,12 @@ def _size_of(source: Any) -> int | None:
 def import_(path: Path, file: str, skip_bad: bool, max_payload_bytes: int, as_json: bool) -> None:
     """Add events from a JSON-lines FILE, keeping their ids.
 
-    FILE holds lines as `outbox export` writes them; they are added as pending events. Ids are kept, so an event already in the outbox is not added again: importing the same file
-    twice adds nothing the second time, and an interrupted import is finished by running it
-    again. Every line is checked as `append` checks an event; a bad line is reported with its
-    number and nothing is imported, unless --skip-bad. FILE may be - for stdin. The outbox is
-    created if it does not exist. The shipper then ships the imported events.
+    FILE holds lines as `outbox export` writes them (- for stdin); they are added as pending
+    events, which the shipper then ships. An id already in the outbox is not added again:
+    importing the same file twice adds nothing the second time, and an interrupted import is
+    finished by running it again. Every line is checked as `append` checks an event; a bad line
+    is reported with its number and nothing is imported, unless --skip-bad. The outbox is
+    created if it does not exist.
 
     \b
     Examples:
@@ -318,7 +320,8 @@ def dead_drop(path: Path, ids: tuple[str, ...], topic: str | None, drop_all: boo
     if not wanted and topic is None and not drop_all:
         raise click.UsageError("name the dead letters to drop: ids, --topic TOPIC, or --all")
     count, _ = run(_dead(path, "drop", topic, wanted))
-    click.echo(f"dropped {counted(count, 'dead letter')} and {'its event' if count == 1 else 'their events'}" + _not_found(count, wanted))
+    events = "its event" if count == 1 else "their events"
+    click.echo(f"dropped {counted(count, 'dead letter')} and {events}" + _not_found(count, wanted))
 
 
 def _not_found(count: int, ids: Sequence[str]) -> str:

@@ -282,7 +282,10 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
         return
     click.echo(f"shipped {counted(stats.shipped, 'event')} to {redact_dsn(settings.dsn)}")
     if stats.dead:
-        click.echo(f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters: outbox dead list {settings.outbox_path}")
+        click.echo(
+            f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters:"
+            f" outbox dead list {settings.outbox_path}"
+        )
 
 
 # -- migrate -------------------------------------------------------------------------------------

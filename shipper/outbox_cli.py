@@ -123,7 +123,10 @@ def replay(
             f" (ids already there are left as they are), {result.rejected:,} refused"
         )
     if result.rejected:
-        raise click.ClickException(f"Postgres refused {result.rejected:,} of the replayed events (dead letters are refused again: outbox dead list {path})")
+        raise click.ClickException(
+            f"Postgres refused {result.rejected:,} of the replayed events"
+            f" (dead letters are refused again: outbox dead list {path})"
+        )
 
 
 # -- verify --------------------------------------------------------------------------------------
@@ -173,7 +176,8 @@ def verify(path: Path, dsn: str, as_json: bool) -> None:
         click.echo("first missing ids: " + " ".join(result.missing_ids[:10]))
     if missing:
         raise click.ClickException(
-            f"{counted(missing, 'shipped event')} {'is' if missing == 1 else 'are'} missing from Postgres; `outbox replay {path}` sends them again"
+            f"{counted(missing, 'shipped event')} {'is' if missing == 1 else 'are'} missing from Postgres;"
+            f" `outbox replay {path}` sends them again"
         )
 
 
