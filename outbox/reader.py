@@ -375,12 +375,14 @@ class OutboxReader:
         until_us: int | None = None,
         topic: str | None = None,
         shipped_only: bool = False,
+        skip_set_aside: bool = False,
         chunk: int = 1000,
     ) -> AsyncIterator[list[Event]]:
         """Yield events in seq order, in chunks, filtered by creation time and topic.
 
         Memory stays bounded whatever the file's size: each chunk is a keyset query from the
-        last seq seen.
+        last seq seen. ``skip_set_aside`` leaves out dead letters (and dropped ones);
+        ``shipped_only`` yields only events shipped so far (never a dead letter).
         """
         clauses: list[str] = ["e.seq > ?"]
         params: list[Any] = [0]
@@ -394,7 +396,9 @@ class OutboxReader:
             clauses.append("e.topic = ?")
             params.append(topic)
         if shipped_only:
-            clauses.append(f"e.seq <= (SELECT cursor FROM ship.progress WHERE one = 1) AND {_NOT_SET_ASIDE}")
+            clauses.append("e.seq <= (SELECT cursor FROM ship.progress WHERE one = 1)")
+        if shipped_only or skip_set_aside:
+            clauses.append(_NOT_SET_ASIDE)
         sql = f"SELECT {_EVENT_COLUMNS} FROM events e WHERE {' AND '.join(clauses)} ORDER BY e.seq LIMIT ?"
         after = 0
         while True:

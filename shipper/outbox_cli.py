@@ -108,6 +108,8 @@ def replay(
             {
                 "selected": result.selected,
                 "sent": result.inserted,
+                "inserted": result.inserted,
+                "already_present": result.selected - result.inserted - result.rejected,
                 "refused": result.rejected,
                 "by_topic": result.by_topic,
                 "dry_run": dry_run,
@@ -119,13 +121,13 @@ def replay(
             click.echo(f"  {name}  {count}")
     else:
         click.echo(
-            f"replayed {counted(result.selected, 'event')} to {where}: {result.inserted:,} accepted"
-            f" (ids already there are left as they are), {result.rejected:,} refused"
+            f"replayed {counted(result.selected, 'event')} to {where}: {result.inserted:,} restored,"
+            f" {result.selected - result.inserted - result.rejected:,} already there, {result.rejected:,} refused"
         )
     if result.rejected:
         raise click.ClickException(
             f"Postgres refused {result.rejected:,} of the replayed events"
-            f" (dead letters are refused again: outbox dead list {path})"
+            f" (they are not set aside by a replay; fix the cause and replay again)"
         )
 
 

@@ -132,11 +132,12 @@ class PostgresSink:
         async with conn.transaction():
             if not await self._ledger(batch):
                 return SendResult(already_shipped_to=await self._ledger_end(batch))
-            result = SendResult(rejected=list(routed.refused))
+            result = SendResult(rejected=list(routed.refused), added=0)
             for table in routed.tables:
-                refused = await self._upsert(table, table.rows, table.events)
+                refused, added = await self._upsert_counted(table)
                 result.rejected += refused
                 result.shipped += len(table.rows) - len(refused)
+                result.added = (result.added or 0) + added
             if result.rejected:
                 await set_aside(result.rejected)
         return result
@@ -144,12 +145,13 @@ class PostgresSink:
     async def upsert(self, events: Sequence[Event], set_aside: SetAside | None = None) -> SendResult:
         """Deliver events in one transaction, skipping ids already present, isolating bad rows."""
         routed = route(events)
-        result = SendResult(rejected=list(routed.refused))
+        result = SendResult(rejected=list(routed.refused), added=0)
         async with self.conn.transaction():
             for table in routed.tables:
-                refused = await self._upsert(table, table.rows, table.events)
+                refused, added = await self._upsert_counted(table)
                 result.rejected += refused
                 result.shipped += len(table.rows) - len(refused)
+                result.added = (result.added or 0) + added
             if result.rejected and set_aside is not None:
                 await set_aside(result.rejected)
         return result
@@ -206,7 +208,15 @@ class PostgresSink:
             self._staged.add(name)
         return name
 
-    async def _upsert(self, table: Table, rows: list[tuple[Any, ...]], events: list[Event]) -> list[tuple[Event, str]]:
+    async def _upsert_counted(self, table: Table) -> tuple[list[tuple[Event, str]], int]:
+        """Upsert all of a table's rows; return the refused ones and how many rows were new."""
+        added = [0]
+        refused = await self._upsert(table, table.rows, table.events, added)
+        return refused, added[0]
+
+    async def _upsert(
+        self, table: Table, rows: list[tuple[Any, ...]], events: list[Event], added: list[int]
+    ) -> list[tuple[Event, str]]:
         """Move rows in through the staging table inside a savepoint; bisect on a refused row."""
         conn = self.conn
         stage = await self._stage(table)
@@ -214,7 +224,7 @@ class PostgresSink:
         try:
             async with conn.transaction():  # a savepoint: a refusal undoes only this chunk
                 await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
-                await conn.execute(
+                status = await conn.execute(
                     f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {stage} ON CONFLICT (id) DO NOTHING"
                 )
                 await conn.execute(f"TRUNCATE {stage}")
@@ -224,9 +234,10 @@ class PostgresSink:
             if len(rows) == 1:
                 return [(events[0], _one_line(exc))]
             mid = len(rows) // 2
-            return await self._upsert(table, rows[:mid], events[:mid]) + await self._upsert(
-                table, rows[mid:], events[mid:]
+            return await self._upsert(table, rows[:mid], events[:mid], added) + await self._upsert(
+                table, rows[mid:], events[mid:], added
             )
+        added[0] += int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
         return []
 
 

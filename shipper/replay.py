@@ -7,13 +7,20 @@ Both read the outbox in chunks (memory stays flat on any size) and go through th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+from typing import TypeVar
+
+import asyncpg
 
 from outbox import OutboxReader
 
+from .errors import SchemaError, ShipperError, classify
 from .pgsink import PostgresSink
 from .sink import Sink
+
+T = TypeVar("T")
 
 __all__ = ["replay", "verify", "ReplayResult", "VerifyResult"]
 
@@ -25,7 +32,7 @@ class ReplayResult:
     """What a replay selected and sent."""
 
     selected: int = 0
-    inserted: int = 0  # rows sent that Postgres accepted (already-present ids count, idempotently)
+    inserted: int = 0  # rows Postgres did not have before (ids already there are skipped)
     by_topic: dict[str, int] = field(default_factory=dict)
     rejected: int = 0
 
@@ -55,7 +62,10 @@ async def replay(
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
 ) -> ReplayResult:
-    """Send the selected events (shipped ones too) again; ids already in Postgres are skipped."""
+    """Send the selected events (shipped ones too) again; ids already in Postgres are skipped.
+
+    Dead letters are left out: they have their own way back (``outbox dead retry``).
+    """
     result = ReplayResult()
     by_topic: Counter[str] = Counter()
     own = sink is None and not dry_run
@@ -65,12 +75,13 @@ async def replay(
     try:
         if sink is not None and not dry_run:
             await sink.open()
-        async for chunk in reader.iter_events(since_us=since_us, until_us=until_us, topic=topic, chunk=_CHUNK):
+        events = reader.iter_events(since_us=since_us, until_us=until_us, topic=topic, skip_set_aside=True, chunk=_CHUNK)
+        async for chunk in events:
             result.selected += len(chunk)
             by_topic.update(e.topic for e in chunk)
             if not dry_run and sink is not None:
-                sent = await sink.upsert(chunk)
-                result.inserted += sent.shipped
+                sent = await _wrapped(sink.upsert(chunk))
+                result.inserted += sent.shipped if sent.added is None else sent.added
                 result.rejected += len(sent.rejected)
             if progress is not None:
                 progress(len(chunk))
@@ -99,7 +110,7 @@ async def verify(
         await sink.open()
         async for chunk in reader.iter_events(shipped_only=True, chunk=_CHUNK):
             result.checked += len(chunk)
-            for event in await sink.missing(chunk):
+            for event in await _wrapped(sink.missing(chunk)):
                 missing[event.topic] += 1
                 if len(result.missing_ids) < 100:
                     result.missing_ids.append(event.id)
@@ -110,3 +121,16 @@ async def verify(
             await sink.close()
     result.missing = dict(missing)
     return result
+
+
+async def _wrapped(call: Awaitable[T]) -> T:
+    """Translate driver errors at this one point: operators see a SchemaError or ShipperError."""
+    try:
+        return await call
+    except asyncpg.PostgresError as exc:
+        text = " ".join(str(exc).split())
+        if classify(exc) == "schema":
+            raise SchemaError(f"{text} (run `shipper migrate`?)") from None
+        raise ShipperError(f"Postgres refused: {text}") from None
+    except (OSError, asyncpg.InterfaceError) as exc:
+        raise ShipperError(f"lost the connection to Postgres: {exc}") from None

@@ -42,8 +42,9 @@ class Batch:
 class SendResult:
     """What a send did: rows delivered, rows refused, or how far someone else already got."""
 
-    shipped: int = 0
+    shipped: int = 0  # rows delivered or found already there: in Postgres either way
     rejected: list[tuple[Event, str]] = field(default_factory=list)
+    added: int | None = None  # of ``shipped``, rows that were new (None: not counted)
     already_shipped_to: int | None = None  # set when the ledger refused the batch as a repeat
 
 
@@ -134,14 +135,16 @@ class InMemorySink:
 
     def _take(self, events: Sequence[Event]) -> SendResult:
         routed = route(events)
-        result = SendResult(rejected=list(routed.refused))
+        result = SendResult(rejected=list(routed.refused), added=0)
         for table in routed.tables:
             for event in table.events:
                 error = self.reject(event) if self.reject is not None else None
                 if error is not None:
                     result.rejected.append((event, error))
                     continue
-                self.rows[table.name].setdefault(event.id, event)
+                if event.id not in self.rows[table.name]:
+                    self.rows[table.name][event.id] = event
+                    result.added = (result.added or 0) + 1
                 result.shipped += 1
         return result
 

@@ -362,3 +362,35 @@ class TestPostgresSink(SinkContract):
 class TestInMemorySink(SinkContract):
     async def make(self, dsn: str) -> Sink:
         return InMemorySink()
+
+
+async def test_replay_counts_new_rows_and_leaves_dead_letters_out(outbox_path: Path, pg_dsn: str) -> None:
+    from shipper import replay
+
+    ids = await append_many(outbox_path, 30)
+    async with Outbox(outbox_path) as ob:
+        poison = await ob.append("command_calls", {"command": "queue"})  # no discord_uid: a dead letter
+    async with Shipper(outbox_path, pg_dsn) as s:
+        await s.drain(timeout=30)
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute("DELETE FROM outbox_events WHERE id = ANY($1::uuid[])", ids[:7])  # a restore lost them
+    await conn.close()
+    async with OutboxReader(outbox_path) as reader:
+        dry = await replay(reader, pg_dsn, dry_run=True)
+        assert (dry.selected, dry.inserted) == (30, 0)
+        done = await replay(reader, pg_dsn)
+        assert (done.selected, done.inserted, done.rejected) == (30, 7, 0)
+        again = await replay(reader, pg_dsn)
+        assert (again.selected, again.inserted) == (30, 0)
+        assert [d.id for d in await reader.dead_letters()] == [poison]
+    assert sorted(await ids_in(pg_dsn)) == sorted(ids)
+
+
+async def test_verify_on_a_database_without_tables_says_migrate(outbox_path: Path, pg_dsn: str) -> None:
+    from shipper import verify
+
+    await append_many(outbox_path, 3)
+    async with OutboxReader(outbox_path) as reader:
+        await reader.advance(3)
+        with pytest.raises(SchemaError, match="shipper migrate"):
+            await verify(reader, pg_dsn)
