@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from . import schema
 from .errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFullError
@@ -43,6 +43,11 @@ _ROW_OVERHEAD = 96  # bytes a row costs beyond its payload, near enough for the 
 _MEASURE_EVERY = 256
 _CHASE_AFTER_S = 0.05
 _WAL_SIZE_LIMIT = 8 * 1024 * 1024  # the WAL file is cut back to this after it restarts
+_BUSY_YIELDS = 3  # waiting for another writer's lock: first yield the CPU (see _retry_busy) ...
+_BUSY_FIRST_SLEEP_S = 0.00002  # ... then sleep, doubling ...
+_BUSY_MAX_SLEEP_S = 0.001  # ... up to this
+_yield_cpu: Callable[[], object] = getattr(os, "sched_yield", lambda: time.sleep(0))
+_T = TypeVar("_T")
 
 
 class Outbox:
@@ -145,6 +150,8 @@ class Outbox:
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('max_bytes', ?)", (str(self.max_bytes),)
                 )
                 self._used_bytes = _used_bytes(conn)
+            # From here on a busy lock is waited for by _retry_busy, not by SQLite's handler.
+            conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error as exc:
             conn.close()
             raise _translate(exc, self.path) from None
@@ -222,7 +229,10 @@ class Outbox:
         try:
             cursor.execute(_INSERT, row)
         except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from None
+            try:
+                _retry_busy(exc, cursor.execute, _INSERT, row)
+            except sqlite3.Error as final:
+                raise _translate(final, self.path) from None
         for callback in self._listeners:
             callback()
         self._since_checkpoint += 1
@@ -237,9 +247,13 @@ class Outbox:
         self._since_measure += 1
         if self._used_bytes > self.max_bytes or self._since_measure >= _MEASURE_EVERY:
             try:
-                self._used_bytes = _used_bytes(conn) + size + _ROW_OVERHEAD
+                try:
+                    used = _used_bytes(conn)
+                except sqlite3.Error as exc:
+                    used = _retry_busy(exc, _used_bytes, conn)
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path) from None
+            self._used_bytes = used + size + _ROW_OVERHEAD
             self._since_measure = 0
             if self._used_bytes > self.max_bytes:
                 self._used_bytes -= size + _ROW_OVERHEAD
@@ -284,7 +298,10 @@ class Outbox:
     def _commit_batch(self, rows: list[tuple[str, str, str, int]]) -> None:
         conn = self._conn
         assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            _retry_busy(exc, conn.execute, "BEGIN IMMEDIATE")
         try:
             conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
@@ -332,6 +349,39 @@ def _used_bytes(conn: sqlite3.Connection) -> int:
     free = conn.execute("PRAGMA freelist_count").fetchall()[0][0]
     size = conn.execute("PRAGMA page_size").fetchall()[0][0]
     return int((pages - free) * size)
+
+
+def _retry_busy(first: sqlite3.Error, call: Callable[..., _T], *args: Any) -> _T:
+    """Retry ``call`` while another writer holds the lock; re-raise anything else.
+
+    SQLite's own busy handler sleeps at least 1 ms a try (then 2, 5, 10 ... 100 ms) while the
+    holder may take the lock again at once: with several processes appending, a collision cost
+    an append over a millisecond, and a waiter could starve for hundreds of milliseconds while
+    the lock was free most of the time (a commit holds it for microseconds). So: yield the CPU
+    a few times first, then sleep from 20 us, doubling up to 1 ms. Gives up, as SQLite's handler
+    did, after ``BUSY_TIMEOUT_MS``, re-raising the last error.
+    """
+    exc = first
+    deadline = time.monotonic() + schema.BUSY_TIMEOUT_MS / 1000
+    tries = 0
+    delay = _BUSY_FIRST_SLEEP_S
+    while _is_busy(exc) and time.monotonic() < deadline:
+        if tries < _BUSY_YIELDS:
+            _yield_cpu()
+        else:
+            time.sleep(delay)
+            delay = min(delay * 2, _BUSY_MAX_SLEEP_S)
+        tries += 1
+        try:
+            return call(*args)
+        except sqlite3.Error as again:
+            exc = again
+    raise exc
+
+
+def _is_busy(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == _SQLITE_BUSY
 
 
 def _quarantine(path: Path) -> Path:
