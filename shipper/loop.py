@@ -295,8 +295,10 @@ class Shipper:
             return 0
         batch = Batch(self.reader.outbox_id, self._cursor, events[-1].seq, events)
         # Read the next batch from SQLite (on aiosqlite's thread) while this one is in flight to
-        # Postgres: the read then costs nothing, and a drain runs at the speed of COPY alone.
-        self._prefetch = (batch.last_seq, asyncio.ensure_future(self.reader.read_pending(self._limit, after=batch.last_seq)))
+        # Postgres: the read then costs nothing, and a drain runs at the speed of COPY alone. A
+        # short batch means nothing more was there: no read-ahead, one hop less per trickle.
+        if len(events) == self._limit:
+            self._prefetch = (batch.last_seq, asyncio.ensure_future(self.reader.read_pending(self._limit, after=batch.last_seq)))
         started = time.monotonic()
         try:
             result = await self.sink.send(batch, self.reader.set_aside)

@@ -117,13 +117,19 @@ class PostgresSink:
         routed = route(batch.events)
         conn = self.conn
         try:
-            async with conn.transaction():
-                if not await self._ledger(batch):
-                    return SendResult(already_shipped_to=await self._ledger_end(batch))
+            try:
+                if not await self._begin_with_ledger(batch):
+                    end = await self._ledger_end(batch)
+                    await conn.execute("ROLLBACK")
+                    return SendResult(already_shipped_to=end)
                 if routed.refused:
                     await set_aside(routed.refused)
                 for table in routed.tables:
                     await conn.copy_records_to_table(table.name, records=table.rows, columns=table.columns)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
             return SendResult(shipped=sum(len(t.rows) for t in routed.tables), rejected=routed.refused)
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if classify(exc) not in ("row", "conflict"):
@@ -190,6 +196,20 @@ class PostgresSink:
         )
         return bool(status.endswith(" 1"))
 
+    async def _begin_with_ledger(self, batch: Batch) -> bool:
+        """BEGIN and insert the ledger row in one round trip (the fast path's first step).
+
+        A simple-protocol query cannot take parameters, so the values are formatted in; each is
+        an int or a UUID parsed and re-printed here, so nothing from outside reaches the SQL text.
+        """
+        outbox_id = str(uuid.UUID(batch.outbox_id))
+        values = f"'{outbox_id}', {int(batch.after_seq)}, {int(batch.last_seq)}, {len(batch.events)}"
+        status = await self.conn.execute(
+            f"BEGIN; INSERT INTO {LEDGER_TABLE}(outbox_id, after_seq, last_seq, rows) VALUES ({values})"
+            " ON CONFLICT DO NOTHING"
+        )
+        return bool(status.endswith(" 1"))
+
     async def _ledger_end(self, batch: Batch) -> int:
         value = await self.conn.fetchval(
             f"SELECT last_seq FROM {LEDGER_TABLE} WHERE outbox_id = $1 AND after_seq = $2",
@@ -239,6 +259,16 @@ class PostgresSink:
             )
         added[0] += int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
         return []
+
+
+async def _rollback(conn: asyncpg.Connection) -> None:
+    """Roll back; if that cannot run (cancelled mid-query, broken link), drop the connection,
+    which makes Postgres roll back instead."""
+    try:
+        if not conn.is_closed() and conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+    except BaseException:
+        conn.terminate()
 
 
 def _one_line(exc: BaseException) -> str:
