@@ -54,9 +54,9 @@ async def test_sigkill_of_the_sidecar_mid_batch_loses_and_doubles_nothing(
     async with Outbox(outbox_path) as ob:
         appended += [await ob.append("t", {"i": i, "pad": "p" * 100}) for i in range(20_000)]
         for round_ in range(rounds):
-            appended += [await ob.append("t", {"round": round_, "i": i}) for i in range(1000)]
-            proc = start_sidecar(outbox_path, pg_dsn, subprocess_env, batch_size=rng.choice([50, 200, 1000]))
-            await asyncio.sleep(rng.uniform(0.0, 0.15))
+            appended += [await ob.append("t", {"round": round_, "i": i}) for i in range(3000)]
+            proc = start_sidecar(outbox_path, pg_dsn, subprocess_env, batch_size=rng.choice([50, 100, 200]))
+            await asyncio.sleep(rng.uniform(0.0, 0.1))
             os.kill(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=30)
             shipped, _ = await count_rows(pg_dsn)
@@ -68,7 +68,7 @@ async def test_sigkill_of_the_sidecar_mid_batch_loses_and_doubles_nothing(
     lost = len(set(appended) - ids)
     print(f"\n{rounds} kills ({mid_stream} mid-stream); {len(appended)} appended, {shipped_before_final} shipped"
           f" before the last drain, {total} rows in Postgres, {lost} lost, {total - len(ids)} duplicated")
-    assert mid_stream >= rounds // 2, "most kills should land with events still unshipped"
+    assert mid_stream >= min(3, rounds), "several kills should land with events still unshipped"
     assert lost == 0 and total == len(appended) and ids == set(appended)
     async with OutboxReader(outbox_path) as reader:
         status = await reader.status()
