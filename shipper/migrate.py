@@ -2,11 +2,13 @@
 
 The steps run in order inside one transaction holding an advisory lock, so two shippers starting
 together cannot interleave. Each step must be idempotent (``IF NOT EXISTS``): all of them run on
-every migrate, which repairs a table dropped by hand; the versions applied are recorded in
-``outbox_schema_version``, and a database newer than this release is refused.
+every migrate, which repairs a table dropped by hand (and columns dropped by hand); the versions
+applied are recorded in ``outbox_schema_version``, and a database newer than this release is refused.
 """
 
 from __future__ import annotations
+
+import logging
 
 import asyncpg
 
@@ -18,6 +20,8 @@ __all__ = ["migrate", "ensure_schema", "SCHEMA_VERSION", "EVENT_TABLE", "COMMAND
 EVENT_TABLE = "outbox_events"
 COMMAND_TABLE = "command_calls"
 LEDGER_TABLE = "outbox_ledger"
+
+log = logging.getLogger(__name__)
 _LOCK_KEY = 0x4F42_5831_0001  # advisory lock: "OBX1" + 1
 
 _STEPS: list[str] = [
@@ -55,6 +59,41 @@ _STEPS: list[str] = [
 ]
 SCHEMA_VERSION = len(_STEPS)
 
+# Columns the shipper writes that a hand-made ALTER may have dropped: migrate puts them back,
+# nullable (the rows already there have no value to give them). The catalog is read first, so a
+# healthy table never waits for the ACCESS EXCLUSIVE lock an ALTER takes.
+_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    EVENT_TABLE: (("topic", "text"), ("payload", "jsonb"), ("created_at", "timestamptz")),
+    COMMAND_TABLE: (
+        ("discord_uid", "bigint"),
+        ("player_name", "text"),
+        ("command", "text"),
+        ("guild_id", "bigint"),
+        ("channel_id", "bigint"),
+        ("options", "jsonb"),
+        ("outcome", "text"),
+        ("latency_ms", "double precision"),
+        ("created_at", "timestamptz"),
+    ),
+}
+
+
+async def _restore_columns(conn: asyncpg.Connection) -> None:
+    for table, columns in _COLUMNS.items():
+        present = {
+            row[0]
+            for row in await conn.fetch(
+                "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+                table,
+            )
+        }
+        missing = [(name, kind) for name, kind in columns if name not in present]
+        if missing:
+            await conn.execute(
+                f"ALTER TABLE {table} " + ", ".join(f"ADD COLUMN IF NOT EXISTS {name} {kind}" for name, kind in missing)
+            )
+            log.warning("put back columns dropped from %s by hand: %s", table, ", ".join(name for name, _ in missing))
+
 
 async def ensure_schema(conn: asyncpg.Connection) -> int:
     """Bring the schema on ``conn`` up to date; return the version now in place."""
@@ -77,6 +116,7 @@ async def ensure_schema(conn: asyncpg.Connection) -> int:
                 await conn.execute(step)
                 if version > current:
                     await conn.execute("INSERT INTO outbox_schema_version(version) VALUES ($1)", version)
+            await _restore_columns(conn)
             return SCHEMA_VERSION
     except asyncpg.PostgresError as exc:
         raise SchemaError(f"migration failed: {exc}") from None

@@ -30,6 +30,7 @@ class Alteration:
 
 ALTERATIONS = [
     Alteration("table_dropped", ("DROP TABLE outbox_events",), 'relation "outbox_events" does not exist'),
+    Alteration("column_dropped", ("ALTER TABLE outbox_events DROP COLUMN payload",), 'column "payload"'),
     Alteration(
         "not_null_column_added",
         (
