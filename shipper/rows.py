@@ -86,6 +86,10 @@ def command_row(event: Event) -> tuple[Any, ...]:
     latency = data.get("latency_ms")
     if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float))):
         raise ValueError("latency_ms must be a number")
+    try:
+        latency_ms = None if latency is None else float(latency)
+    except OverflowError:  # an int past 1.8e308: refused here, or it would stall the batch forever
+        raise ValueError("latency_ms is too large for a double precision column") from None
     return (
         event.id,
         uid,
@@ -95,7 +99,7 @@ def command_row(event: Event) -> tuple[Any, ...]:
         _bigint(data.get("channel_id"), "channel_id"),
         None if options is None else json.dumps(options, ensure_ascii=False, separators=(",", ":")),
         _text(data.get("outcome"), "outcome"),
-        None if latency is None else float(latency),
+        latency_ms,
         event.created_at,
     )
 

@@ -76,8 +76,11 @@ class PgCount:
         return (self.rows - len(self.ids)) + self.repeated_keys
 
 
-async def count_postgres(dsn: str) -> PgCount:
-    """Count both tables; a missing table counts as empty (a scenario may have dropped it)."""
+async def count_postgres(dsn: str, *, keyed: bool = True) -> PgCount:
+    """Count both tables; a missing table counts as empty (a scenario may have dropped it).
+
+    ``keyed``: payloads carry a unique ``k`` (see :func:`keyed`); count its repeats too.
+    """
     conn = await asyncpg.connect(dsn)
     try:
         ids: list[str] = []
@@ -88,7 +91,7 @@ async def count_postgres(dsn: str) -> PgCount:
             except asyncpg.UndefinedTableError:
                 continue
         try:
-            repeated = int(
+            repeated = 0 if not keyed else int(
                 await conn.fetchval(
                     "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM outbox_events"
                     " WHERE payload ? 'k' GROUP BY payload->>'k') AS keyed"
@@ -162,6 +165,7 @@ class Tally:
         committed: Iterable[str] | None = None,
         dead: Iterable[str] = (),
         expected_dead: int = 0,
+        keyed: bool = True,
     ) -> PgCount:
         """Count Postgres against what was acknowledged and assert the promise, exactly.
 
@@ -171,7 +175,7 @@ class Tally:
         acked = set(acknowledged)
         held = set(committed) if committed is not None else set(acked)
         dead_set = set(dead)
-        pg = await count_postgres(dsn)
+        pg = await count_postgres(dsn, keyed=keyed)
         self.acknowledged = len(acked)
         self.committed = len(held | acked)
         self.in_postgres = pg.rows
