@@ -195,6 +195,12 @@ class OutboxReader:
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {self.path}: {exc}") from None
 
+    async def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            await self.db.executemany(sql, rows)
+        except sqlite3.Error as exc:  # a full disk, say: the shipper must see an OutboxError
+            raise OutboxError(f"outbox {self.path}: {exc}") from None
+
     # -- shipping --------------------------------------------------------------------------------
 
     async def cursor(self) -> int:
@@ -257,14 +263,14 @@ class OutboxReader:
     async def resolve(self, seqs: Sequence[int]) -> None:
         """Forget dead letters that have now shipped."""
         if seqs:
-            await self.db.executemany("DELETE FROM ship.dead WHERE seq = ?", [(s,) for s in seqs])
+            await self._write_many("DELETE FROM ship.dead WHERE seq = ?", [(s,) for s in seqs])
 
     async def set_error(self, error: str | None) -> None:
         """Remember the last shipping error (``None`` clears it) for ``outbox status``."""
         if error is None:
             await self._write("DELETE FROM ship.meta WHERE key IN ('last_error', 'last_error_at')")
             return
-        await self.db.executemany(
+        await self._write_many(
             "INSERT OR REPLACE INTO ship.meta(key, value) VALUES (?, ?)",
             [("last_error", error[:2000]), ("last_error_at", str(_now_us()))],
         )

@@ -1,0 +1,136 @@
+"""Running out of room: the outbox's own ``max_bytes``, and a real filesystem filled to the brim.
+
+Either way an append that does not fit raises ``OutboxFullError`` with a clear message and
+writes nothing; the file stays sound; every acknowledged event survives; and once room is made
+(the shipper pruning shipped events early, or space freed on the disk) appends succeed again
+and everything ships.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from outbox import Outbox, OutboxFullError, OutboxReader
+from shipper import Shipper
+from torture_kit import SIZES, Tally, count_postgres, integrity, keyed, outbox_ids, pick
+
+
+async def fill(ob: Outbox, writer: str, acked: list[str]) -> str:
+    """Append until the outbox refuses; return the refusal's message."""
+    for i in range(10**7):
+        try:
+            acked.append(await ob.append("t", keyed(writer, i, pad="f" * 200)))
+        except OutboxFullError as exc:
+            return str(exc)
+    raise AssertionError("the outbox never filled up")
+
+
+async def wait_for_room(ob: Outbox, writer: str, acked: list[str], timeout: float = 60) -> int:
+    """Retry an append until it succeeds; return how many were refused meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    refused = 0
+    while True:
+        try:
+            acked.append(await ob.append("t", keyed(writer, 0)))
+            return refused
+        except OutboxFullError:
+            refused += 1
+            assert loop.time() < deadline, "no room was made"
+            await asyncio.sleep(0.02)
+
+
+async def accounted_for(path: Path, dsn: str, acked: list[str]) -> None:
+    """Every acknowledged event is in the file or already in Postgres; the file is sound."""
+    assert integrity(path) == "ok"
+    held = set(outbox_ids(path)) | (await count_postgres(dsn)).ids
+    missing = set(acked) - held
+    assert not missing, f"{len(missing)} acknowledged events are gone"
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_max_bytes_reached_then_the_shipper_makes_room(size: str, tmp_path: Path, pg_dsn: str, tally: Tally) -> None:
+    cycles = pick(size, 3, 20)
+    path = tmp_path / "events.db"
+    acked: list[str] = []
+    refused = 0
+    async with Outbox(path, max_bytes=512 * 1024) as ob:
+        for cycle in range(cycles):
+            message = await fill(ob, f"c{cycle}", acked)
+            tally.faults += 1
+            assert message.startswith(f"outbox {path} is full") and "limit 524288" in message, message
+            await accounted_for(path, pg_dsn, acked)
+            # shipping frees room: over half of max_bytes, the shipper prunes shipped events early
+            async with Shipper(path, pg_dsn, outbox=ob, housekeeping_interval=0.05, backoff_cap=0.2):
+                refused += await wait_for_room(ob, f"c{cycle}-after", acked)
+            await accounted_for(path, pg_dsn, acked)
+        async with Shipper(path, pg_dsn, outbox=ob) as s:
+            await s.drain(timeout=120)
+    tally.fault = "times max_bytes was reached"
+    tally.notes["appends_refused_while_full"] = refused + cycles
+    await tally.settle(pg_dsn, acked)
+
+
+def mount_tmpfs(where: Path, size: str) -> None:
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a real full filesystem needs root to mount a small tmpfs; not root here")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"the sandbox refused to mount a small tmpfs: {done.stderr.strip()}")
+
+
+def ballast(where: Path, leave: int) -> Path:
+    """Fill the filesystem at ``where`` until only ``leave`` bytes are free."""
+    path = where / "ballast"
+    stats = os.statvfs(where)
+    room = stats.f_bavail * stats.f_frsize - leave
+    with open(path, "wb") as out:
+        chunk = b"\0" * 65536
+        try:
+            while room > 0:
+                room -= out.write(chunk[: min(len(chunk), room)])
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return path
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_a_real_full_filesystem(size: str, tmp_path: Path, pg_dsn: str, tally: Tally) -> None:
+    """A 6 MB tmpfs holding the outbox, filled by a ballast file; the ballast is then deleted."""
+    cycles = pick(size, 2, 10)
+    disk = tmp_path / "small"
+    mount_tmpfs(disk, "6m")
+    path = disk / "events.db"
+    acked: list[str] = []
+    errors: set[str] = set()
+    try:
+        async with Outbox(path) as ob, Shipper(path, pg_dsn, outbox=ob, backoff_cap=0.2) as s:
+            await s.drain(timeout=30)  # the side file exists before the disk fills
+            for cycle in range(cycles):
+                heavy = ballast(disk, 1024 * 1024)
+                message = await fill(ob, f"c{cycle}", acked)
+                tally.faults += 1
+                errors.add(message)
+                await accounted_for(path, pg_dsn, acked)
+                await asyncio.sleep(0.3)  # the shipper runs on a full disk meanwhile
+                heavy.unlink()
+                await wait_for_room(ob, f"c{cycle}-after", acked)
+                await s.drain(timeout=120)
+                await accounted_for(path, pg_dsn, acked)
+        async with OutboxReader(path) as reader:
+            status = await reader.status()
+        assert status.pending == 0 and status.dead == 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert errors == {f"the disk holding outbox {path} is full"}, errors
+    tally.fault = "times the filesystem filled up"
+    await tally.settle(pg_dsn, acked)
