@@ -134,17 +134,26 @@ class Outbox:
             raise OutboxClosedError(f"outbox {self.path} is closed; make a new Outbox to reopen it")
         sync = "FULL" if self.durability == "power" else "NORMAL"
         try:
-            conn = schema.connect_events(self.path, synchronous=sync)
-        except OutboxCorruptError:
+            conn = self._connect(sync)
+        except OutboxCorruptError as exc:
             if self._on_corrupt != "quarantine":
                 raise
             aside = _quarantine(self.path)
-            log.error("outbox %s was damaged; moved it to %s and started a fresh outbox", self.path, aside)
-            conn = schema.connect_events(self.path, synchronous=sync)
+            log.error("%s; moved it to %s and started a fresh outbox", exc, aside)
+            conn = self._connect(sync)
+        self._conn = conn
+        self._cursor = conn.cursor()
+        self._power = self.durability == "power"
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        return self
+
+    def _connect(self, sync: str) -> sqlite3.Connection:
+        """Open and check the events file; raise OutboxCorruptError if it is damaged."""
+        conn = schema.connect_events(self.path, synchronous=sync)
         try:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
-            self.outbox_id = schema.outbox_id_of(conn)
+            self.outbox_id = schema.outbox_id_of(conn, self.path)
             if self.max_bytes is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('max_bytes', ?)", (str(self.max_bytes),)
@@ -155,11 +164,10 @@ class Outbox:
         except sqlite3.Error as exc:
             conn.close()
             raise _translate(exc, self.path) from None
-        self._conn = conn
-        self._cursor = conn.cursor()
-        self._power = self.durability == "power"
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")
-        return self
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     async def close(self) -> None:
         """Commit what is queued, wait for a running checkpoint, and close the file."""

@@ -141,7 +141,7 @@ class OutboxReader:
     def _prepare(self) -> str:
         events = schema.connect_events(self.path, create=self._create)
         try:
-            outbox_id = schema.outbox_id_of(events)
+            outbox_id = schema.outbox_id_of(events, self.path)
         finally:
             events.close()
         schema.connect_ship(self.path, outbox_id).close()

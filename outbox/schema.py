@@ -210,9 +210,13 @@ def connect_ship(path: str | os.PathLike[str], outbox_id: str) -> sqlite3.Connec
     return conn
 
 
-def outbox_id_of(conn: sqlite3.Connection) -> str:
+def outbox_id_of(conn: sqlite3.Connection, path: str | os.PathLike[str] = "") -> str:
     """Return the id written into the events file when it was created."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+    except sqlite3.DatabaseError as exc:  # the header was sound but the pages after it are not
+        raise _damaged(Path(path), exc) from None
     if row is None:
-        raise OutboxCorruptError("outbox has no id in its meta table")
+        raise OutboxCorruptError(f"outbox {path} has no id in its meta table" if path else "outbox has no id in its meta table")
     return str(row[0])
+
