@@ -154,6 +154,7 @@ class Outbox:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
             self.outbox_id = schema.outbox_id_of(conn, self.path)
+            schema.check_shipped_within(conn, self.path, self.outbox_id)
             if self.max_bytes is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('max_bytes', ?)", (str(self.max_bytes),)

@@ -142,6 +142,7 @@ class OutboxReader:
         events = schema.connect_events(self.path, create=self._create)
         try:
             outbox_id = schema.outbox_id_of(events, self.path)
+            schema.check_shipped_within(events, self.path, outbox_id)
         finally:
             events.close()
         schema.connect_ship(self.path, outbox_id).close()

@@ -29,6 +29,7 @@ __all__ = [
     "connect_events",
     "connect_ship",
     "create_private_file",
+    "check_shipped_within",
 ]
 
 APPLICATION_ID = 0x4F425831  # "OBX1" in the SQLite header: marks a file as ours
@@ -169,6 +170,7 @@ def connect_events(
 ) -> sqlite3.Connection:
     """Open (creating if asked) the events file, checked and in WAL mode, autocommit."""
     p = Path(path)
+    _check_not_emptied(p)
     conn = _connect(p, create=create, synchronous=synchronous)
     try:
         _ensure(conn, p, _EVENTS_DDL, SCHEMA_VERSION, {"outbox_id": str(uuid.uuid4())})
@@ -220,3 +222,52 @@ def outbox_id_of(conn: sqlite3.Connection, path: str | os.PathLike[str] = "") ->
         raise OutboxCorruptError(f"outbox {path} has no id in its meta table" if path else "outbox has no id in its meta table")
     return str(row[0])
 
+
+def _check_not_emptied(path: Path) -> None:
+    """Refuse an events file cut to zero bytes: SQLite would take it for a new, empty database.
+
+    A side file exists only once its events file has been laid out, so an empty events file
+    beside a non-empty side file has lost everything it held.
+    """
+    try:
+        emptied = path.stat().st_size == 0 and ship_path(path).stat().st_size > 0
+    except OSError:
+        return
+    if emptied:
+        raise OutboxCorruptError(
+            f"outbox {path} is empty, but its side file {ship_path(path).name} shows it held events (was it truncated?)"
+        )
+
+
+def check_shipped_within(conn: sqlite3.Connection, path: str | os.PathLike[str], outbox_id: str) -> None:
+    """Refuse an events file that ends below what its side file records as shipped.
+
+    The row holding the highest seq is never deleted, so the file can only end below the
+    shipping cursor if it lost its tail: its ``-wal`` deleted, or the file restored from an
+    older copy. New events would then reuse seqs at or below the cursor and be skipped as
+    already shipped, so this is damage, not something to carry on from.
+    """
+    side = ship_path(path)
+    if not side.exists():
+        return
+    try:  # not read-only: after a crash, reading the side file's WAL needs a recovery write
+        ship = sqlite3.connect(side, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            row = ship.execute(
+                "SELECT (SELECT value FROM meta WHERE key = 'outbox_id'), (SELECT cursor FROM progress WHERE one = 1)"
+            ).fetchone()
+        finally:
+            ship.close()
+    except sqlite3.Error:
+        return  # a damaged side file is the shipper's to report; the events themselves are fine
+    if row is None or row[0] != outbox_id or row[1] is None:
+        return
+    try:
+        last = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(Path(path), exc) from None
+    if int(row[1]) > last:
+        raise OutboxCorruptError(
+            f"outbox {path} has lost events: it ends at seq {last} but its side file records seq {row[1]}"
+            " as shipped (was its -wal file deleted, or the file restored from an older copy?)"
+        )

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from outbox import Event, Outbox, OutboxError, OutboxReader
+from outbox import Event, Outbox, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.maintenance import checkpoint, prune
 
 from .errors import ConnectError, ShipperError, classify
@@ -282,6 +282,13 @@ class Shipper:
             self._said_standby = False
         remote = await self.sink.position(self.reader.outbox_id)
         local = await self.reader.cursor()
+        last = await self.reader.last_seq()
+        if remote > last:  # advancing to it would mark the next events appended as shipped
+            raise OutboxCorruptError(
+                f"outbox {self.path} has lost events: it ends at seq {last} but {self.where} already holds"
+                f" its events up to seq {remote} (was its -wal file deleted, or the file restored from an"
+                " older copy?); open it with Outbox(on_corrupt='quarantine') or move it aside"
+            )
         self._cursor = max(local, remote)
         if remote > local:
             await self.reader.advance(remote)

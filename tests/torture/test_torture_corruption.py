@@ -9,6 +9,7 @@ several processes meet the damage at the same moment.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -19,7 +20,7 @@ import pytest
 
 from outbox import Outbox, OutboxCorruptError, OutboxReader, ship_path
 from shipper import Shipper
-from torture_kit import SIZES, Tally, cli, keyed, outbox_ids, pick
+from torture_kit import SIZES, Appender, ShipperRun, Tally, cli, count_postgres, keyed, outbox_ids, pick, sigkill
 
 _SIDE_SUFFIXES = ("-wal", "-shm", "-ship", "-ship-wal", "-ship-shm")
 
@@ -52,10 +53,15 @@ def garbage_after_header(path: Path) -> None:
         f.write(random.Random(2).randbytes(3 * 4096))
 
 
+def emptied(path: Path) -> None:
+    os.truncate(path, 0)
+
+
 DAMAGE: dict[str, Callable[[Path], None]] = {
     "truncated": truncate_half,
     "garbage": garbage_everywhere,
     "garbage_after_header": garbage_after_header,
+    "emptied": emptied,
 }
 
 
@@ -102,6 +108,92 @@ async def test_damaged_file_is_detected_kept_and_replaced(
     after = await quarantined_then_continues(path, pg_dsn, damaged, pick(size, 3, 10), tally)
     tally.faults, tally.fault = 1, f"outbox file {damage.replace('_', ' ')}"
     await tally.settle(pg_dsn, before + after)
+
+
+async def caught_up(path: Path, seq: int) -> None:
+    for _ in range(1000):
+        async with OutboxReader(path) as reader:
+            if await reader.cursor() >= seq:
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the sidecar did not ship up to seq {seq}")
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_wal_deleted_after_its_events_shipped(
+    size: str, tmp_path: Path, pg_dsn: str, subprocess_env: dict[str, str], tally: Tally
+) -> None:
+    """A killed appender leaves its events in the WAL; a sidecar ships them; the WAL is deleted.
+
+    The file now ends below what its side file says was shipped: new events would reuse those
+    seqs and be skipped as shipped. That must be an error, and quarantine must start afresh."""
+    path = tmp_path / "events.db"
+    first = await shipped_outbox(path, pg_dsn, 10)
+    run = ShipperRun(path, pg_dsn, tmp_path, subprocess_env, "--flush-interval", "0.01")
+    run.wait_shipping()
+    await caught_up(path, 10)  # its start-up checkpoint is behind it: the next checkpoint is a minute away
+    await asyncio.sleep(0.2)
+    appender = Appender(path, tmp_path, subprocess_env, "w", "--checkpoint-every", str(10**9))
+    appender.wait_ready()
+    await asyncio.sleep(pick(size, 0.3, 1.0))
+    appender.kill()
+    before = first + appender.acknowledged()
+    await caught_up(path, len(before))  # then kill the sidecar too: the WAL stays behind
+    sigkill(run.proc)
+    shipped = (await count_postgres(pg_dsn)).ids  # the last one may be committed but not acknowledged
+    assert set(before) <= shipped
+    os.remove(f"{path}-wal")
+    damaged = digest(path)
+    with pytest.raises(OutboxCorruptError, match="lost"):
+        async with Outbox(path):
+            pass
+    with pytest.raises(OutboxCorruptError, match="lost"):
+        async with OutboxReader(path):
+            pass
+    after = await quarantined_then_continues(path, pg_dsn, damaged, pick(size, 3, 10), tally)
+    tally.faults, tally.fault = 1, "WAL deleted after its events shipped"
+    await tally.settle(pg_dsn, before + after, committed=shipped | set(after))
+
+
+async def test_file_restored_from_an_older_copy(
+    tmp_path: Path, pg_dsn: str, subprocess_env: dict[str, str], tally: Tally
+) -> None:
+    """The events file put back from an older backup, without its side file: Postgres's ledger
+    is ahead of the file. The shipper must refuse (new events would be taken as shipped), keep
+    them pending, and the operator's way out -- move it aside, export, import -- must lose nothing."""
+    path = tmp_path / "events.db"
+    old = await shipped_outbox(path, pg_dsn, 1000, "old")
+    backup = tmp_path / "backup.db"
+    backup.write_bytes(path.read_bytes())
+    newer = await shipped_outbox(path, pg_dsn, 1000, "newer")  # shipped, then lost with the restore
+    for suffix in ("", "-ship"):
+        Path(f"{path}{suffix}").unlink()
+    backup.rename(path)
+    async with Outbox(path) as ob:
+        fresh = [await ob.append("t", keyed("fresh", i)) for i in range(300)]
+    s = Shipper(path, pg_dsn, backoff_cap=0.2)
+    await s.start()
+    try:
+        for _ in range(500):
+            if s.stats.last_error:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await s.stop(timeout=1)
+    assert s.stats.shipped == 0 and "has lost events" in (s.stats.last_error or ""), s.stats
+    async with OutboxReader(path) as reader:
+        status = await reader.status()
+    assert (status.cursor, status.pending) == (0, len(old) + len(fresh)), "nothing may be marked shipped"
+    aside = tmp_path / "restored.db"
+    path.rename(aside)
+    Path(f"{path}-ship").rename(f"{aside}-ship")
+    dump = tmp_path / "restored.jsonl"
+    assert cli("outbox", "export", str(aside), "-o", str(dump), env=subprocess_env).code == 0
+    assert cli("outbox", "import", str(path), str(dump), env=subprocess_env).code == 0
+    async with Shipper(path, pg_dsn) as s:
+        await s.drain(timeout=60)
+    tally.faults, tally.fault = 1, "events file restored from an older copy"
+    await tally.settle(pg_dsn, old + newer + fresh)
 
 
 async def test_damaged_side_file_stops_the_shipper_not_the_bot(
