@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import fcntl
+import itertools
 import logging
 import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -133,13 +136,18 @@ class Outbox:
         if self._closed:
             raise OutboxClosedError(f"outbox {self.path} is closed; make a new Outbox to reopen it")
         sync = "FULL" if self.durability == "power" else "NORMAL"
-        try:
-            conn = self._connect(sync)
-        except OutboxCorruptError as exc:
-            if self._on_corrupt != "quarantine":
-                raise
-            aside = _quarantine(self.path)
-            log.error("%s; moved it to %s and started a fresh outbox", exc, aside)
+        if self._on_corrupt == "quarantine":
+            # Several processes (bot shards) may meet the same damage at once: one at a time, each
+            # looks again under the lock, so only the first moves the file aside and the others
+            # open the fresh one it made.
+            with _directory_lock(self.path.parent):
+                try:
+                    conn = self._connect(sync)
+                except OutboxCorruptError as exc:
+                    aside = _quarantine(self.path)
+                    log.error("%s; moved it to %s and started a fresh outbox", exc, aside)
+                    conn = self._connect(sync)
+        else:
             conn = self._connect(sync)
         self._conn = conn
         self._cursor = conn.cursor()
@@ -393,12 +401,38 @@ def _is_busy(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF == _SQLITE_BUSY
 
 
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` (no lock file left behind)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+_QUARANTINE_SUFFIXES = ("-wal", "-shm", "-ship", "-ship-wal", "-ship-shm", "")  # the file itself last
+
+
 def _quarantine(path: Path) -> Path:
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-    for suffix in ("", "-wal", "-shm", "-ship", "-ship-wal", "-ship-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            src.rename(Path(f"{aside}{suffix}"))
+    """Move a damaged outbox and its side files to a name no earlier quarantine has used.
+
+    The main file moves last: until then an opener still finds the damaged file (and fails),
+    never a fresh one beside the old WAL, which SQLite would replay into it.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for n in itertools.count(1):
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{n}" if n > 1 else ""))
+        if not any(Path(f"{aside}{suffix}").exists() for suffix in _QUARANTINE_SUFFIXES):
+            break
+    try:
+        for suffix in _QUARANTINE_SUFFIXES:
+            src = Path(f"{path}{suffix}")
+            if src.exists():
+                src.rename(Path(f"{aside}{suffix}"))
+    except OSError as exc:
+        raise OutboxError(f"cannot move damaged outbox {path} aside: {exc.strerror}") from None
     return aside
 
 

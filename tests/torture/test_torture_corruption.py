@@ -155,6 +155,39 @@ async def test_wal_deleted_after_its_events_shipped(
     await tally.settle(pg_dsn, before + after, committed=shipped | set(after))
 
 
+@pytest.mark.parametrize("size", SIZES)
+async def test_several_processes_meet_the_damage_at_once(
+    size: str, tmp_path: Path, pg_dsn: str, subprocess_env: dict[str, str], tally: Tally
+) -> None:
+    """Shards starting together on a damaged file: one quarantine, one fresh file, no event stranded."""
+    rounds, writers = pick(size, 3, 15), 8
+    path = tmp_path / "events.db"
+    acked: list[str] = []
+    for round_ in range(rounds):
+        acked += await shipped_outbox(path, pg_dsn, 200, f"before{round_}")
+        garbage_everywhere(path)
+        damaged = digest(path)
+        go = tmp_path / f"go-{round_}"
+        procs = [
+            Appender(path, tmp_path, subprocess_env, f"r{round_}w{j}", "--go", str(go), "--on-corrupt", "quarantine", "--count", "300")
+            for j in range(writers)
+        ]
+        go.touch()
+        for proc in procs:
+            assert proc.wait() == 0, proc.stderr()
+            acked += proc.acknowledged()
+        tally.faults += 1
+        kept = [p for p in asides(path) if digest(p) == damaged]
+        assert len(kept) == 1, f"the damaged file should be kept once, found {len(kept)}"
+        assert len(outbox_ids(path)) == writers * 300, "every shard's events belong in the one fresh file"
+        for aside in asides(path):
+            aside.rename(aside.with_name(f"done-{round_}-{aside.name}"))
+    async with Shipper(path, pg_dsn) as s:
+        await s.drain(timeout=120)
+    tally.fault = f"damaged files met by {writers} processes at once"
+    await tally.settle(pg_dsn, acked)
+
+
 async def test_file_restored_from_an_older_copy(
     tmp_path: Path, pg_dsn: str, subprocess_env: dict[str, str], tally: Tally
 ) -> None:
