@@ -135,7 +135,7 @@ async def test_wal_deleted_after_its_events_shipped(
     await asyncio.sleep(0.2)
     appender = Appender(path, tmp_path, subprocess_env, "w", "--checkpoint-every", str(10**9))
     appender.wait_ready()
-    await asyncio.sleep(pick(size, 0.3, 1.0))
+    await asyncio.sleep(pick(size, 0.3, 0.5))
     appender.kill()
     before = first + appender.acknowledged()
     await caught_up(path, len(before))  # then kill the sidecar too: the WAL stays behind

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
@@ -232,7 +233,7 @@ async def test_import_cannot_write_outside_its_outbox(tmp_path: Path, pg_dsn: st
     async with OutboxReader(path) as reader:
         await reader.advance(await reader.last_seq())  # pretend these shipped: the cursor is at 100
     evil = str(elsewhere / "evil.db")
-    records = []
+    records: list[dict[str, Any]] = []
     for i, topic in enumerate(
         [
             f"'; ATTACH DATABASE '{evil}' AS e; CREATE TABLE e.x(a); --",

@@ -24,7 +24,7 @@ from torture_kit import (
     SIZES,
     ShipperRun,
     Tally,
-    _wait_for,
+    wait_for,
     count_postgres,
     dead_ids,
     execute,
@@ -124,7 +124,7 @@ class Sidecar:
             )  # fmt: skip
 
     def wait_ready(self) -> None:
-        _wait_for(self.ready.exists, 60, "sidecar ready", self.proc)
+        wait_for(self.ready.exists, 60, "sidecar ready", self.proc)
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -28,20 +28,27 @@ import pytest
 from outbox import ship_path
 
 __all__ = [
+    "PROCS",
     "SIZES",
     "pick",
     "Tally",
     "PgCount",
     "count_postgres",
+    "execute",
     "outbox_ids",
     "dead_ids",
     "integrity",
+    "keyed",
+    "Feed",
     "Appender",
     "ShipperRun",
-    "cli",
     "CliResult",
-    "execute",
-    "PROCS",
+    "cli",
+    "popen_cli",
+    "sigkill",
+    "kill_when",
+    "file_grew",
+    "wait_for",
 ]
 
 PROCS = Path(__file__).resolve().parent.parent / "procs"
@@ -53,11 +60,15 @@ SIZES = [
 ]
 
 
-def pick(size: str, bounded: int, full: int) -> int:
+_N = TypeVar("_N", int, float)
+
+
+def pick(size: str, bounded: _N, full: _N) -> _N:
     """Return the bounded figure, or the full one times ``OUTBOX_TORTURE_SCALE`` (default 1)."""
     if size == "bounded":
         return bounded
-    return max(1, round(full * float(os.environ.get("OUTBOX_TORTURE_SCALE", "1"))))
+    scaled = full * float(os.environ.get("OUTBOX_TORTURE_SCALE", "1"))
+    return type(full)(max(1, round(scaled)) if isinstance(full, int) else scaled)
 
 
 # -- counting --------------------------------------------------------------------------------------
@@ -212,7 +223,7 @@ class Tally:
 # -- real processes --------------------------------------------------------------------------------
 
 
-def _wait_for(predicate: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for(predicate: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
@@ -244,7 +255,7 @@ class Appender:
             )
 
     def wait_ready(self, timeout: float = 60) -> None:
-        _wait_for(self.ready.exists, timeout, f"appender {self.writer} ready", self.proc)
+        wait_for(self.ready.exists, timeout, f"appender {self.writer} ready", self.proc)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -280,7 +291,7 @@ class ShipperRun:
 
     def wait_shipping(self, timeout: float = 60) -> None:
         """Return once the sidecar has opened the outbox and started its loop."""
-        _wait_for(lambda: b"shipping " in self.log.read_bytes(), timeout, "shipper run started", self.proc)
+        wait_for(lambda: b"shipping " in self.log.read_bytes(), timeout, "shipper run started", self.proc)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
