@@ -115,7 +115,7 @@ async def _export(path: Path, out: Any, since: int | None, until: int | None, to
     type=click.Path(dir_okay=False, allow_dash=True),
     default="-",
     show_default=True,
-    help="Write to this file instead of stdout.",
+    help="Write to this file instead of stdout (created with mode 0600, like the outbox).",
 )
 def export(path: Path, since: int | None, until: int | None, topic: str | None, output: str) -> None:
     """Write events as JSON lines (one event per line).
@@ -134,7 +134,9 @@ def export(path: Path, since: int | None, until: int | None, topic: str | None, 
     if output == "-":
         run(_export(path, sys.stdout.buffer, since, until, topic))
         return
-    with open(output, "wb") as out:
+    # The events are as private as the outbox (0600): a new file gets the same mode.
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as out:
         count = run(_export(path, out, since, until, topic))
     click.echo(f"exported {counted(count, 'event')} to {output}", err=True)
 

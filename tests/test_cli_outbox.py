@@ -366,3 +366,28 @@ def test_progress_bars_only_on_a_terminal(tmp_path: Path, outbox_path: Path, sub
 def test_outcome_helper_catches_a_second_line() -> None:
     with pytest.raises(AssertionError):
         Outcome(3, "", "outbox: error: a\nmore\n").assert_one_error_line(3)
+
+
+def test_export_to_a_file_is_as_private_as_the_outbox(tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import stat
+
+    from click.testing import CliRunner
+
+    from outbox import Outbox
+    from shipper.outbox_cli import cli as outbox_group
+
+    async def fill() -> None:
+        async with Outbox(tmp_path / "e.db") as ob:
+            await ob.append("t", {"secret": "payload"})
+
+    asyncio.run(fill())
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(outbox_group, ["export", str(tmp_path / "e.db"), "-o", str(tmp_path / "out.jsonl")])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(os.stat(tmp_path / "out.jsonl").st_mode) == 0o600
+    assert "payload" in (tmp_path / "out.jsonl").read_text()
