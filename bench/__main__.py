@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     if args.list:
         for b in BENCHMARKS:
-            print(f"{b.name:12s} {b.title}{'' if b.target else '  (planned)'}")
+            print(f"{b.name:17s} {b.title}{'' if b.target else '  (planned)'}")
         return 0
     if args.report_from is not None:
         try:

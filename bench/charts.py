@@ -11,7 +11,9 @@ Kinds:
     "low": [float], "high": [float]}], "log": bool}``: grouped bars, error bars from low to high.
 ``lines``
     ``{"x_label": str, "y_label": str, "log_y": bool, "series": [{"label": str, "x": [float],
-    "y": [float]}]}``: for figures over time or over a parameter (lag, scale).
+    "y": [float]}]}``: for figures over time or over a parameter (lag, scale). Optional:
+    ``"markers": False`` for dense series, ``"y_from_zero": True``, and ``"spans": [{"from": x0,
+    "to": x1, "label": str, "color": str}]`` to shade intervals (an outage, say).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _latency(ax: Axes, data: dict[str, Any]) -> None:
     ax.set_xscale("log")
     lo = min(s["dist"]["p1"] for s in series)
     hi = max(s["dist"]["p99.9"] for s in series)
-    ax.set_xlim(lo / 1.5, hi * 8)
+    ax.set_xlim(lo / 1.5, hi * 25)  # room on the right for the p50/p99 labels
     ax.set_xlabel(f"latency per event ({unit}, log scale): box p25-p75, line p50, whiskers p1-p99, dot p99.9")
 
 
@@ -110,12 +112,17 @@ def _bars(ax: Axes, data: dict[str, Any]) -> None:
 
 
 def _lines(ax: Axes, data: dict[str, Any]) -> None:
+    markers = data.get("markers", True)
     for s in data["series"]:
-        ax.plot(s["x"], s["y"], marker="o", markersize=3, label=s["label"])
+        ax.plot(s["x"], s["y"], marker="o" if markers else None, markersize=3, linewidth=1.2, label=s["label"])
+    for i, span in enumerate(data.get("spans", [])):
+        ax.axvspan(span["from"], span["to"], color=span.get("color", "C3"), alpha=0.12, label=span.get("label"))
     ax.set_xlabel(data.get("x_label", ""))
     ax.set_ylabel(data.get("y_label", ""))
     if data.get("log_y"):
         ax.set_yscale("log")
+    elif data.get("y_from_zero"):
+        ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .pg import Postgres
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["Context", "Section", "Table", "Check", "Chart", "Benchmark", "section_from_json"]
 
 ROOT = Path(__file__).resolve().parent.parent
+_N = TypeVar("_N", int, float)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,7 +99,7 @@ class Context:
     postgres: Postgres
     log: Callable[[str], None]
 
-    def scale(self, full: int, quick: int) -> int:
+    def scale(self, full: _N, quick: _N) -> _N:
         """Return ``quick`` in a ``--quick`` smoke run, else ``full``."""
         return quick if self.quick else full
 

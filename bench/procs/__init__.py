@@ -1,1 +1,1 @@
-"""Child processes the benchmarks start: victims for kill -9, appenders for contention."""
+"""Child processes the benchmarks start: kill -9 victims, appenders, shippers and drainers."""
