@@ -16,11 +16,15 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(name="loss", title="Events lost to kill -9: create_task vs the outbox", target="bench.loss:run", needs_postgres=True),
     Benchmark(name="power", title='durability="power": group commit throughput', target="bench.power:run"),
     Benchmark(name="contention", title="Several processes appending to one file", target="bench.contention:run"),
-    # Planned (issue 6, later parts): each will get its own module here.
-    Benchmark(name="ship", title="Shipping throughput vs raw COPY", target=None, needs_postgres=True),
-    Benchmark(name="lag", title="Append-to-Postgres lag", target=None, needs_postgres=True),
-    Benchmark(name="scale", title="Behaviour at scale (large outbox, long runs)", target=None, needs_postgres=True),
-    Benchmark(name="discord", title="The discord.py command path, end to end", target=None),
+    Benchmark(name="contention_drain", title="Appending while a sidecar drains a backlog",
+              target="bench.contention_drain:run", needs_postgres=True),
+    # Shipping (issue 6, parts 2-6): child processes under bench/procs/ do the work.
+    Benchmark(name="ship", title="Shipping throughput vs raw COPY", target="bench.ship:run", needs_postgres=True),
+    Benchmark(name="lag", title="Append-to-Postgres lag", target="bench.lag:run", needs_postgres=True),
+    Benchmark(name="outage", title="Lag through a Postgres outage", target="bench.outage:run", needs_postgres=True),
+    Benchmark(name="scale", title="Several outboxes into one Postgres", target="bench.scale:run", needs_postgres=True),
+    Benchmark(name="discord", title="The discord.py command path, end to end", target="bench.discord_path:run",
+              needs_postgres=True),
 )
 
 
