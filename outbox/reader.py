@@ -175,17 +175,14 @@ class OutboxReader:
         return self._db
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        try:
-            async with self.db.execute(sql, params) as cur:
-                row = await cur.fetchone()
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
-        return None if row is None else row[0]
+        rows = await self._all(sql, params)
+        return rows[0][0] if rows else None
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        # One hop to aiosqlite's thread (execute_fetchall), not three (execute, fetchall, close):
+        # the shipper reads every batch through here.
         try:
-            async with self.db.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            return list(await self.db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {self.path}: {exc}") from None
 

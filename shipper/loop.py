@@ -119,6 +119,7 @@ class Shipper:
         self._next_gauges = 0.0
         self._fatal: BaseException | None = None
         self._prefetch: tuple[int, asyncio.Future[list[Event]]] | None = None
+        self._noting: asyncio.Future[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class Shipper:
 
     async def _release(self) -> None:
         self._drop_prefetch()
+        await self._settle_progress()
         if self._outbox is not None:
             self._outbox.remove_listener(self._wake.set)
         await self.sink.close()
@@ -212,7 +214,9 @@ class Shipper:
         while True:
             if self._fatal is not None:
                 raise self._fatal
-            ahead = await self.reader.read_pending(1, after=await self.reader.cursor())
+            # this loop's own cursor is committed in Postgres; the side file's may lag one note
+            cursor = max(self._cursor, await self.reader.cursor())
+            ahead = await self.reader.read_pending(1, after=cursor)
             if not ahead or ahead[0].seq > target:
                 return self.stats.shipped - before
             if self._task.done():
@@ -326,10 +330,31 @@ class Shipper:
             await self.reader.advance(self._cursor)
             return 1
         self._cursor = batch.last_seq
-        await self.reader.advance(self._cursor)
+        await self._note_progress(self._cursor)
         self._limit = min(self.batch_size, self._limit * 2)
         self._count(result.shipped, result.rejected, time.monotonic() - started)
         return len(events)
+
+    async def _note_progress(self, cursor: int) -> None:
+        """Note progress in the side file without making the next batch wait for it.
+
+        Postgres's ledger already says where a restarted shipper resumes (it takes the larger of
+        the two), so the local note only has to catch up. One note is in flight at a time; a
+        failed one surfaces here, at the next batch.
+        """
+        previous, self._noting = self._noting, None
+        if previous is not None:
+            await previous
+        self._noting = asyncio.ensure_future(self.reader.advance(cursor))
+
+    async def _settle_progress(self) -> None:
+        """Wait for the last progress note (before closing the reader)."""
+        noting, self._noting = self._noting, None
+        if noting is not None:
+            try:
+                await noting
+            except OutboxError as exc:
+                log.warning("could not note progress in %s: %s", self.path, exc)
 
     async def _take_prefetched(self) -> list[Event] | None:
         """Return the batch read ahead, if it starts at the cursor; None to read afresh."""
