@@ -94,14 +94,16 @@ async def test_sigkill_of_shipper_run_mid_batch(
             try:
                 run.wait_shipping()
                 feeding = asyncio.ensure_future(append_for(ob, f"r{round_}", 0, rng.randint(200, 3000), 97, acked, poison))
-                await asyncio.sleep(rng.uniform(0.0, 0.4))
+                await asyncio.sleep(rng.uniform(0.0, 0.25))
             finally:
                 run.kill()
             await feeding
             assert run.proc.returncode == -9, run.output()
             pending, _ = await balance(path, pg_dsn, acked)
             with_backlog += pending > 0
-    assert with_backlog >= rounds // 2, "most kills should land while events are still pending"
+    # a guard on the scenario itself (kills must land mid-stream), not on the outcome: the shipper
+    # got faster, so it asks for a quarter of the kills rather than most
+    assert with_backlog >= rounds // 4, "too few kills landed while events were still pending"
     async with Shipper(path, pg_dsn, backoff_cap=0.5) as s:
         await s.drain(timeout=300)
     tally.faults, tally.fault = rounds, "SIGKILLs of `shipper run` mid-stream"
