@@ -273,6 +273,12 @@ class OutboxReader:
             [("last_error", error[:2000]), ("last_error_at", str(_now_us()))],
         )
 
+    async def used_bytes(self) -> int:
+        """Return the bytes the events file's pages in use take (what ``max_bytes`` limits)."""
+        pages = int(await self._one("PRAGMA main.page_count"))
+        free = int(await self._one("PRAGMA main.freelist_count"))
+        return (pages - free) * int(await self._one("PRAGMA main.page_size"))
+
     async def meta(self, key: str) -> str | None:
         """Return a value from the events file's meta table (e.g. ``max_bytes``)."""
         value = await self._one("SELECT value FROM meta WHERE key = ?", (key,))

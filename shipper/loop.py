@@ -385,7 +385,7 @@ class Shipper:
 
     async def _failed(self, exc: Exception, failures: int) -> float:
         kind = "outbox" if isinstance(exc, OutboxError) else classify(exc)
-        if isinstance(exc, ConnectError) or isinstance(exc, ShipperError):
+        if isinstance(exc, ShipperError):  # ConnectError included: already one clear line
             text = str(exc)
         else:
             text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
@@ -453,18 +453,13 @@ class Shipper:
         cutoff = time.time_ns() // 1000 - int(self.retention_s * 1e6)
         pruned = await prune(self.reader, older_than_us=cutoff)
         limit = await self.reader.meta("max_bytes")
-        if limit is not None and await self._used_bytes() > int(limit) // 2:
+        if limit is not None and await self.reader.used_bytes() > int(limit) // 2:
             pruned += await prune(self.reader, older_than_us=time.time_ns() // 1000 + 1)
         if pruned:
             log.info("pruned %d shipped events from %s", pruned, self.path)
         await checkpoint(self.reader)
         await self.sink.housekeeping(self.reader.outbox_id, self.retention_s)
 
-    async def _used_bytes(self) -> int:
-        rows = {}
-        for pragma in ("page_count", "freelist_count", "page_size"):
-            rows[pragma] = list(await self.reader.db.execute_fetchall(f"PRAGMA main.{pragma}"))[0][0]
-        return int((rows["page_count"] - rows["freelist_count"]) * rows["page_size"])
 
 
 def _discard(task: asyncio.Future[list[Event]]) -> None:

@@ -185,7 +185,11 @@ class PostgresSink:
     # -- internals -------------------------------------------------------------------------------
 
     async def _ledger(self, batch: Batch) -> bool:
-        """Insert the batch's ledger row; False if that key is already taken (a repeat)."""
+        """Insert the batch's ledger row; False if that key is already taken (a repeat).
+
+        The careful path's twin of :meth:`_begin_with_ledger`: it bisects with savepoints, and
+        asyncpg allows ``conn.transaction()`` savepoints only inside a transaction it began itself.
+        """
         status = await self.conn.execute(
             f"INSERT INTO {LEDGER_TABLE}(outbox_id, after_seq, last_seq, rows) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT DO NOTHING",
