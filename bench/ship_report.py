@@ -87,32 +87,36 @@ def _per_batch(ts: list[dict[str, Any]], key: str) -> float:
 def _steps(ts: list[dict[str, Any]], mode: str) -> dict[str, float]:
     """Milliseconds per batch for each step of one method."""
     total = median([t["seconds"] / t["batches"] * 1000 for t in ts])
-    copy, route = _per_batch(ts, "pg_copy"), _per_batch(ts, "route")
-    begin, commit = _per_batch(ts, "pg_begin_ledger"), _per_batch(ts, "pg_commit")
-    out = {"route": route, "begin": begin, "copy": copy, "commit": commit, "total": total}
+    if mode == "copy":
+        copy = _per_batch(ts, "pg_copy")
+        return {"trip": copy, "other": max(0.0, total - copy), "total": total}
+    trip, route, stmts = _per_batch(ts, "pg_trip"), _per_batch(ts, "route"), _per_batch(ts, "pg_other")
+    send = _per_batch(ts, "send")
+    out = {"trip": trip, "total": total}
     if mode.startswith("ship"):
-        send, advance, once = _per_batch(ts, "send"), _per_batch(ts, "advance"), _per_batch(ts, "ship_once")
-        out["read_wait"] = max(0.0, once - send - advance)
-        out["send_other"] = max(0.0, send - route - begin - copy - commit)
-        out["advance"] = advance
+        # the read-ahead routes each batch (Batch.routed) while the previous one is in flight
+        once = _per_batch(ts, "ship_once")
+        out["read_wait"] = max(0.0, once - send)
+        out["send_other"] = max(0.0, send - trip - stmts)
         out["other"] = max(0.0, total - once)
+        out["notes"] = median([100 * t["calls"].get("advance", 0) / t["batches"] for t in ts])
         out["read_any"] = median([t["steps"]["read_pending"] / t["calls"]["read_pending"] * 1000 for t in ts])
         out["read_alone"] = median([median(t["read_alone"]) * 1000 for t in ts])
     else:
-        out["other"] = max(0.0, total - route - begin - copy - commit)
+        out["route"] = route
+        out["send_other"] = max(0.0, send - route - trip - stmts)
+        out["other"] = max(0.0, total - send)
     return out
 
 
 _STEPS = (
     ("read_wait", "wait for read"),
     ("route", "route"),
-    ("begin", "BEGIN + ledger"),
-    ("copy", "COPY"),
-    ("commit", "COMMIT"),
+    ("trip", "Postgres: the batch's one query"),
     ("send_other", "rest of send"),
-    ("advance", "advance"),
     ("other", "rest"),
     ("total", "**total**"),
+    ("notes", "progress notes per 100 batches"),
     ("read_any", "a read, as run"),
     ("read_alone", "a read, alone"),
 )
@@ -128,7 +132,8 @@ def breakdown_table(scenarios: Sequence[Scenario], trials: Trials) -> Table:
             cells = []
             for key, _ in _STEPS:
                 value = c.get(key)
-                text = "" if value is None or (value == 0 and key not in ("copy", "total")) else f"{value:.2f}"
+                text = "" if value is None or (value == 0 and key not in ("trip", "total")) else (
+                    f"{value:.0f}" if key == "notes" else f"{value:.2f}")
                 cells.append(f"**{text}**" if key == "total" and text else text)
             rows.append([sc.key, METHODS[mode], *cells])
     return Table(
@@ -136,15 +141,19 @@ def breakdown_table(scenarios: Sequence[Scenario], trials: Trials) -> Table:
         headers=["backlog", "method", *(label for _, label in _STEPS)],
         rows=rows,
         note="Steps, timed by wrapping the shipper's and the sink's own methods and the connection's "
-             "statements in the child process: *wait for read*, the loop waiting for its batch from "
-             "SQLite (the read-ahead's result, or a read of its own); *route*, events to rows "
-             "(`shipper.rows.route`: decodes the JSON of command_calls events into columns); *BEGIN + "
-             "ledger*, one round trip; *COPY* (for raw COPY, with its implicit commit); *COMMIT*; "
-             "*advance*, the progress note in the outbox's side file (an aiosqlite write); *rest*, "
-             "everything else in the loop. The last two columns are not part of the total: *a read, as "
-             "run* is the mean time of one batch read (`read_pending`) in that trial -- with the "
-             "read-ahead on, it runs beside the COPY of the previous batch -- and *a read, alone*, the "
-             "same read timed before the trial with nothing else running. Backlogs: "
+             "calls in the child process: *wait for read*, the loop waiting for its batch (the "
+             "read-ahead's result, or a read of its own); *route*, events to rows (`Batch.routed`: "
+             "decodes the JSON of command_calls events into columns) -- in the shipper the read-ahead "
+             "does it, off the critical path, so it has no column there; *the batch's one query*: for "
+             "raw COPY, `copy_records_to_table` with its implicit commit; for the sink and the "
+             "shipper, `BEGIN; INSERT INTO outbox_ledger ..; COPY .. FROM STDIN; COMMIT` sent as one "
+             "query (`shipper.pgcopy`); *rest*, everything else in the loop. The last three columns "
+             "are not part of the total: how many progress notes (`advance`, a write to the side "
+             "file, started in the background at most every 0.1 s while busy) were written per 100 "
+             "batches; *a read, as run*, the mean time of one batch read (`read_pending`, run on the "
+             "loop's thread in steps of 128 rows) in that trial -- with the read-ahead on, it runs "
+             "while the previous batch is in flight -- and *a read, alone*, the same read timed "
+             "before the trial with nothing else running. Backlogs: "
              + "; ".join(f"{sc.key} = {sc.label}" for sc in scenarios) + ".",
     )
 

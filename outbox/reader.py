@@ -1,8 +1,12 @@
 """The read side: what a shipper and the operator's tools need from an outbox.
 
-Reads go through aiosqlite: a worker-thread hop costs ~100 us, nothing next to a Postgres round
-trip, and it keeps the event loop free. The events file is only *read* here (pruning and import,
-in :mod:`outbox.maintenance`, are the exceptions); progress and dead letters are written to the
+Most reads and every write go through aiosqlite: a worker-thread hop costs ~100 us, nothing next
+to a Postgres round trip, and it keeps the event loop free. The one exception is the shipper's
+batch read (:meth:`OutboxReader.read_pending`): it runs on the event loop's own thread, a few
+hundred rows at a time with a yield between, so it fills the time the loop would spend waiting for
+Postgres. In a thread it would compete for the GIL with the COPY being encoded next to it, which
+measured ~15% off a drain. The events file is only *read* here (pruning and import, in
+:mod:`outbox.maintenance`, are the exceptions); progress and dead letters are written to the
 ``PATH-ship`` side file, so shipping never holds the lock an appender needs.
 
 Progress is one number, the cursor: every event with ``seq <= cursor`` has been shipped or set
@@ -13,6 +17,7 @@ crash in between never loses one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
@@ -95,6 +100,8 @@ class Status:
 
 _EVENT_COLUMNS = "e.seq, e.id, e.topic, e.payload, e.created_at"
 _NOT_SET_ASIDE = "NOT EXISTS (SELECT 1 FROM ship.dead d WHERE d.seq = e.seq)"
+_PENDING = f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE} ORDER BY e.seq LIMIT ?"
+_INLINE_CHUNK = 128  # rows per step of an inline read: ~0.1 ms of the loop's time each
 
 
 def _now_us() -> int:
@@ -117,6 +124,7 @@ class OutboxReader:
         self.path = Path(path)
         self._create = create
         self._db: aiosqlite.Connection | None = None
+        self._inline: sqlite3.Connection | None = None  # read_pending's, on the loop's thread
         self._closed = False
         self.outbox_id = ""
 
@@ -132,11 +140,24 @@ class OutboxReader:
             await db.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
             await db.execute("PRAGMA wal_autocheckpoint = 0")
             await db.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
+            inline = self._connect_inline()
         except sqlite3.Error as exc:
             await db.close()
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from None
-        self._db = db
+        self._db, self._inline = db, inline
         return self
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        # Read-only use; never shared between two threads at once (each read runs to its end on
+        # the loop's thread), hence check_same_thread=False for a loop that moves threads.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
+            conn.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _prepare(self) -> str:
         events = schema.connect_events(self.path, create=self._create)
@@ -152,6 +173,9 @@ class OutboxReader:
         """Close the connection."""
         self._closed = True
         db, self._db = self._db, None
+        inline, self._inline = self._inline, None
+        if inline is not None:
+            inline.close()
         if db is not None:
             await db.close()
 
@@ -213,12 +237,24 @@ class OutboxReader:
         """Return up to ``limit`` events past ``after`` (default: the cursor), in seq order."""
         if after is None:
             after = await self.cursor()
-        rows = await self._all(
-            f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE}"
-            " ORDER BY e.seq LIMIT ?",
-            (after, limit),
-        )
-        return [Event(*row) for row in rows]
+        inline = self._inline
+        if inline is None:
+            raise OutboxClosedError(f"reader of {self.path} is {'closed' if self._closed else 'not open'}")
+        events: list[Event] = []
+        try:
+            cur = inline.execute(_PENDING, (after, limit))
+            try:
+                while chunk := cur.fetchmany(_INLINE_CHUNK):
+                    events += [Event(*row) for row in chunk]
+                    if len(chunk) < _INLINE_CHUNK:
+                        break
+                    await asyncio.sleep(0)  # let the loop send, receive, serve commands
+            finally:
+                with contextlib.suppress(sqlite3.Error):  # closed under us: the error above says so
+                    cur.close()  # ends the read transaction, even if cancelled halfway
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: {exc}") from None
+        return events
 
     async def advance(self, cursor: int) -> None:
         """Record that everything up to ``cursor`` is shipped; never moves the cursor back."""

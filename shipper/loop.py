@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from outbox import Event, Outbox, OutboxCorruptError, OutboxError, OutboxReader
+from outbox import Outbox, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.maintenance import checkpoint, prune
 
 from .errors import ConnectError, ShipperError, classify
@@ -31,6 +31,8 @@ from .sink import Batch, Sink
 __all__ = ["Shipper", "ShipperStats"]
 
 log = logging.getLogger(__name__)
+
+_NOTE_EVERY_S = 0.1  # while busy, progress reaches the side file at most this often
 
 
 @dataclass
@@ -118,8 +120,10 @@ class Shipper:
         self._next_retry_check = 0.0
         self._next_gauges = 0.0
         self._fatal: BaseException | None = None
-        self._prefetch: tuple[int, asyncio.Future[list[Event]]] | None = None
+        self._prefetch: tuple[int, asyncio.Future[Batch | None]] | None = None
         self._noting: asyncio.Future[None] | None = None
+        self._noted = 0  # the cursor the side file is known to hold
+        self._next_note = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -214,10 +218,14 @@ class Shipper:
         while True:
             if self._fatal is not None:
                 raise self._fatal
-            # this loop's own cursor is committed in Postgres; the side file's may lag one note
+            # this loop's own cursor is committed in Postgres; the side file's may lag (see _note_progress)
             cursor = max(self._cursor, await self.reader.cursor())
             ahead = await self.reader.read_pending(1, after=cursor)
             if not ahead or ahead[0].seq > target:
+                try:
+                    await self._flush_progress()  # so `outbox status` agrees once this returns
+                except OutboxError as exc:
+                    log.warning("could not note progress in %s: %s", self.path, exc)
                 return self.stats.shipped - before
             if self._task.done():
                 raise ShipperError("the shipper stopped before the drain finished")
@@ -251,6 +259,7 @@ class Shipper:
                     failures = 0
                 if shipped:
                     continue
+                await self._flush_progress()
                 if self._stopping:
                     return
                 await self._idle(self.flush_interval)
@@ -296,20 +305,22 @@ class Shipper:
         self._cursor = max(local, remote)
         if remote > local:
             await self.reader.advance(remote)
+        self._noted = max(self._noted, self._cursor)
         return True
 
     async def _ship_once(self) -> int:
-        events = await self._take_prefetched()
-        if events is None:
-            events = await self.reader.read_pending(self._limit, after=self._cursor)
-        if not events:
+        batch = await self._take_prefetched()
+        if batch is None:
+            batch = await self._read_batch(self._cursor)
+        if batch is None:
             return 0
-        batch = Batch(self.reader.outbox_id, self._cursor, events[-1].seq, events)
-        # Read the next batch from SQLite (on aiosqlite's thread) while this one is in flight to
-        # Postgres: the read then costs nothing, and a drain runs at the speed of COPY alone. A
-        # short batch means nothing more was there: no read-ahead, one hop less per trickle.
+        events = batch.events
+        # Read (and route) the next batch while this one is in flight: the read runs on this
+        # thread in short steps once the COPY is sent, in the time the loop would spend waiting
+        # for Postgres, so a drain runs at about the speed of COPY alone. A short batch means
+        # nothing more was there: no read-ahead.
         if len(events) == self._limit:
-            self._prefetch = (batch.last_seq, asyncio.ensure_future(self.reader.read_pending(self._limit, after=batch.last_seq)))
+            self._prefetch = (batch.last_seq, asyncio.ensure_future(self._read_batch(batch.last_seq)))
         started = time.monotonic()
         try:
             result = await self.sink.send(batch, self.reader.set_aside)
@@ -328,35 +339,68 @@ class Shipper:
             self._cursor = max(self._cursor, result.already_shipped_to)
             self._drop_prefetch()
             await self.reader.advance(self._cursor)
+            self._noted = max(self._noted, self._cursor)
             return 1
         self._cursor = batch.last_seq
-        await self._note_progress(self._cursor)
+        self._note_progress()
         self._limit = min(self.batch_size, self._limit * 2)
         self._count(result.shipped, result.rejected, time.monotonic() - started)
         return len(events)
 
-    async def _note_progress(self, cursor: int) -> None:
-        """Note progress in the side file without making the next batch wait for it.
+    def _note_progress(self) -> None:
+        """Note progress in the side file, off the critical path, at most every ``_NOTE_EVERY_S``.
 
         Postgres's ledger already says where a restarted shipper resumes (it takes the larger of
-        the two), so the local note only has to catch up. One note is in flight at a time; a
-        failed one surfaces here, at the next batch.
+        the two), so the side file's cursor is a copy for local readers (``outbox status``,
+        pruning) and only has to catch up: a note per batch cost ~10% of a drain (a commit on
+        aiosqlite's thread beside every COPY). One note is in flight at a time; a failed one is
+        raised here, at the next batch. Going idle, draining and stopping bring it up to date
+        (:meth:`_flush_progress`).
         """
-        previous, self._noting = self._noting, None
-        if previous is not None:
-            await previous
-        self._noting = asyncio.ensure_future(self.reader.advance(cursor))
+        noting = self._noting
+        if noting is not None:
+            if not noting.done():
+                return
+            self._noting = None
+            noting.result()  # a failed note's error, now
+        if self._noted < self._cursor and time.monotonic() >= self._next_note:
+            self._start_note()
+
+    def _start_note(self) -> None:
+        self._next_note = time.monotonic() + _NOTE_EVERY_S
+        self._noting = asyncio.ensure_future(self._note(self._cursor))
+
+    async def _note(self, cursor: int) -> None:
+        await self.reader.advance(cursor)
+        self._noted = max(self._noted, cursor)
+
+    async def _flush_progress(self) -> None:
+        """Bring the side file's cursor up to this loop's, waiting for the note."""
+        while True:
+            noting, self._noting = self._noting, None
+            if noting is not None:
+                await noting
+            if self._noted >= self._cursor:
+                return
+            self._start_note()
 
     async def _settle_progress(self) -> None:
-        """Wait for the last progress note (before closing the reader)."""
-        noting, self._noting = self._noting, None
-        if noting is not None:
-            try:
-                await noting
-            except OutboxError as exc:
-                log.warning("could not note progress in %s: %s", self.path, exc)
+        """Write the last progress note (before closing the reader)."""
+        try:
+            await self._flush_progress()
+        except OutboxError as exc:
+            log.warning("could not note progress in %s: %s", self.path, exc)
 
-    async def _take_prefetched(self) -> list[Event] | None:
+    async def _read_batch(self, after: int) -> Batch | None:
+        """Read the batch after ``after`` and route it; None if nothing is pending."""
+        events = await self.reader.read_pending(self._limit, after=after)
+        if not events:
+            return None
+        batch = Batch(self.reader.outbox_id, after, events[-1].seq, events)
+        batch.routed  # noqa: B018 -- computed now, off the next send's critical path
+        return batch
+
+    async def _take_prefetched(self) -> Batch | None:
         """Return the batch read ahead, if it starts at the cursor; None to read afresh."""
         if self._prefetch is None:
             return None
@@ -365,8 +409,7 @@ class Shipper:
         if after != self._cursor:
             _discard(task)
             return None
-        events = await task
-        return events or None  # empty: read again, events may have come since
+        return await task  # None: read again, events may have come since
 
     def _drop_prefetch(self) -> None:
         if self._prefetch is not None:
@@ -462,6 +505,7 @@ class Shipper:
 
 
 
-def _discard(task: asyncio.Future[list[Event]]) -> None:
-    """Let a read-ahead finish unobserved (cancelling mid-query would upset aiosqlite's thread)."""
+def _discard(task: asyncio.Future[Batch | None]) -> None:
+    """Abandon a read-ahead (it stops at its next step and closes its statement), unobserved."""
+    task.cancel()
     task.add_done_callback(lambda t: t.cancelled() or t.exception())

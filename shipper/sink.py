@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 from outbox import Event
 
-from .rows import COMMAND_TOPIC, route
+from .rows import COMMAND_TOPIC, Routed, route
 
 __all__ = ["Batch", "SendResult", "SetAside", "Sink", "InMemorySink"]
 
@@ -36,6 +37,12 @@ class Batch:
     after_seq: int
     last_seq: int
     events: Sequence[Event]
+
+    @cached_property
+    def routed(self) -> Routed:
+        """The events split by table (computed once: the shipper's read-ahead does it while the
+        previous batch is in flight, so the sink does not do it on the critical path)."""
+        return route(self.events)
 
 
 @dataclass

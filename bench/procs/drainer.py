@@ -177,11 +177,17 @@ async def _read_all(path: str, batch: int) -> tuple[str, list[list[Event]]]:
 
 
 def _instrument_sink(clock: Clock) -> None:
-    """Time the sink's statements and its routing, wherever a PostgresSink is made from now on."""
+    """Time the sink's statements and its routing, wherever a PostgresSink is made from now on.
+
+    ``pg_trip`` is the fast path's one query (BEGIN, ledger row, COPY, COMMIT); ``route`` is
+    ``Batch.routed`` (in the shipper, computed by the read-ahead; in the sink, by ``send``).
+    """
     import shipper.pgsink as pgsink
+    import shipper.sink as sink_module
 
     pgsink.connect = functools.partial(pgsink.connect, connection_class=_timed_connection(clock))  # type: ignore[attr-defined]
-    pgsink.route = clock.wrap_sync("route", pgsink.route)  # type: ignore[attr-defined]
+    pgsink.copy_with_statements = clock.wrap("pg_trip", pgsink.copy_with_statements)  # type: ignore[attr-defined]
+    sink_module.route = clock.wrap_sync("route", sink_module.route)  # type: ignore[attr-defined]
 
 
 async def _read_alone(path: str, batch: int, n: int = 20) -> list[float]:
@@ -202,10 +208,10 @@ async def _read_alone(path: str, batch: int, n: int = 20) -> list[float]:
 def _no_read_ahead() -> None:
     """Diagnostic: make the shipper read each batch only when it needs it.
 
-    The loop starts its read-ahead with ``asyncio.ensure_future(reader.read_pending(...))``; here
+    The loop starts its read-ahead with ``asyncio.ensure_future(self._read_batch(...))``; here
     the name ``asyncio`` in :mod:`shipper.loop` alone is pointed at a copy of the module whose
-    ``ensure_future`` hands back an empty result at once, which the loop takes as "nothing read
-    ahead" and reads afresh. Nothing else changes.
+    ``ensure_future`` hands back ``None`` at once, which the loop takes as "nothing read ahead"
+    and reads afresh. Nothing else changes.
     """
     import types
 
@@ -213,10 +219,12 @@ def _no_read_ahead() -> None:
 
     real = asyncio
 
-    def no_read_ahead(coro: Any) -> asyncio.Future[list[Event]]:
+    def no_read_ahead(coro: Any) -> asyncio.Future[Any]:
+        if getattr(coro, "__name__", "") != "_read_batch":
+            return real.ensure_future(coro)
         coro.close()
-        done: asyncio.Future[list[Event]] = real.get_running_loop().create_future()
-        done.set_result([])
+        done: asyncio.Future[Any] = real.get_running_loop().create_future()
+        done.set_result(None)
         return done
 
     proxy = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
