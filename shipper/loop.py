@@ -397,7 +397,8 @@ class Shipper:
         if not events:
             return None
         batch = Batch(self.reader.outbox_id, after, events[-1].seq, events)
-        batch.routed  # noqa: B018 -- computed now, off the next send's critical path
+        for table in batch.routed.tables:  # routed and encoded now, off the next send's critical path
+            table.copy_text()
         return batch
 
     async def _take_prefetched(self) -> Batch | None:

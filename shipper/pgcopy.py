@@ -6,6 +6,8 @@ Postgres runs a simple query's statements in order and enters COPY mode when it 
 so ``BEGIN; INSERT ..; COPY .. FROM STDIN; COMMIT`` is one query, and asyncpg already streams the
 rows without waiting for the server to ask for them. Measured here: the shipper's loop gets back
 ~0.7 ms of every ~4.5 ms batch, and its next read fits in the time Postgres spends on this one.
+Rows may also go in COPY's text format, built beforehand (:func:`shipper.rows.events_copy_text`),
+so that sending a batch costs the loop almost nothing.
 
 This leans on two asyncpg internals (the protocol's ``copy_in`` and a prepared statement's
 ``_state``), the same ones ``copy_records_to_table`` uses. If a release changes them, the check
@@ -38,15 +40,18 @@ async def copy_with_statements(
     columns: Sequence[str],
     records: Iterable[Sequence[Any]],
     *,
+    text: bytes | None = None,
     before: str = "",
     after: str = "",
 ) -> str:
-    """Run ``before; COPY table(columns) FROM STDIN (FORMAT binary); after`` in one round trip.
+    """Run ``before; COPY table(columns) FROM STDIN; after`` in one round trip.
 
-    ``before`` and ``after`` are SQL text (no parameters: a simple query takes none), so callers
-    build them from values they have checked. An error anywhere stops the rest; if ``before``
-    began a transaction it is left aborted for the caller to roll back. Returns the status of
-    the last statement. Falls back to three round trips when :func:`supports_one_trip` is False.
+    The rows go as ``text`` when given (COPY's text format, already encoded: nothing is left to
+    do but send it), else as a binary COPY of ``records``. ``before`` and ``after`` are SQL text
+    (no parameters: a simple query takes none), so callers build them from values they have
+    checked. An error anywhere stops the rest; if ``before`` began a transaction it is left
+    aborted for the caller to roll back. Returns the status of the last statement. Falls back to
+    three round trips, in binary, when :func:`supports_one_trip` is False.
     """
     cols = ", ".join(_quote(c) for c in columns)
     if not supports_one_trip(conn):
@@ -56,6 +61,10 @@ async def copy_with_statements(
         if after:
             status = await conn.execute(after)
         return status
+    if text is not None:
+        copy = f"COPY {_quote(table)} ({cols}) FROM STDIN"
+        query = "; ".join(part for part in (before, copy, after) if part)
+        return str(await conn._protocol.copy_in(query, None, memoryview(text), None, None, None))
     # The statement asyncpg itself prepares to learn the columns' types (and so their encoders).
     intro = await conn._prepare(f"SELECT {cols} FROM {_quote(table)} LIMIT 1", use_cache=True)
     copy = f"COPY {_quote(table)} ({cols}) FROM STDIN (FORMAT binary)"

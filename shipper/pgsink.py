@@ -221,6 +221,7 @@ class PostgresSink:
                 table.name,
                 table.columns,
                 table.rows,
+                text=table.copy_text(),
                 before=ledger if i == 0 else "",
                 after="COMMIT" if i == len(tables) - 1 else "",
             )

@@ -9,6 +9,7 @@ before Postgres sees it, and becomes a dead letter.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from outbox import Event
 
 from .migrate import COMMAND_TABLE, EVENT_TABLE
 
-__all__ = ["EVENT_COLUMNS", "COMMAND_COLUMNS", "Routed", "route", "COMMAND_TOPIC"]
+__all__ = ["EVENT_COLUMNS", "COMMAND_COLUMNS", "Routed", "Table", "route", "events_copy_text", "COMMAND_TOPIC"]
 
 COMMAND_TOPIC = "command_calls"
 EVENT_COLUMNS = ("id", "topic", "payload", "created_at")
@@ -44,6 +45,18 @@ class Table:
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    _text: bytes | None = field(default=None, repr=False)
+
+    def copy_text(self) -> bytes | None:
+        """The rows in COPY's text format, or None where binary COPY of :attr:`rows` must do.
+
+        Only ``outbox_events`` rows, whose payload is already JSON text: built once (the
+        shipper's read-ahead does it while the previous batch is in flight), it leaves the
+        send nothing to encode, where a binary COPY encodes every value on the critical path.
+        """
+        if self._text is None and self.name == EVENT_TABLE and self.rows:
+            self._text = events_copy_text(self.rows)
+        return self._text
 
 
 @dataclass
@@ -71,6 +84,39 @@ def route(events: Sequence[Event]) -> Routed:
             continue
         commands.events.append(event)
     return Routed([t for t in (plain, commands) if t.rows], refused)
+
+
+# COPY's text format: a backslash starts an escape; tab, newline and CR separate fields and rows.
+_MAX_US = 253_402_300_800_000_000  # 10000-01-01: past it the year needs five digits
+
+
+def _copy_escape(text: str) -> str:
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
+def events_copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes | None:
+    """``(id, topic, payload, created_at)`` rows as COPY text, UTF-8; None if one cannot be.
+
+    ``created_at`` (Unix microseconds) is written as a UTC timestamp; the date part is formatted
+    once per second, which events made close together share. None (the caller then sends the
+    rows in binary, which refuses a bad one row by row) for a time before 1970 or past 9999, a
+    time that is not an integer, or text that is not valid UTF-8.
+    """
+    out: list[str] = []
+    last_second, prefix = -1, ""
+    try:
+        for event_id, topic, payload, us in rows:
+            if type(us) is not int or not 0 <= us < _MAX_US:
+                return None
+            second, micro = divmod(us, 1_000_000)
+            if second != last_second:
+                last_second, prefix = second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+            out.append(f"{event_id}\t{_copy_escape(topic)}\t{_copy_escape(payload)}\t{prefix}.{micro:06d}+00\n")
+        return "".join(out).encode("utf-8")
+    except (TypeError, UnicodeEncodeError):
+        return None
 
 
 def command_row(event: Event) -> tuple[Any, ...]:
