@@ -150,7 +150,7 @@ def breakdown_table(scenarios: Sequence[Scenario], trials: Trials) -> Table:
              "are not part of the total: how many progress notes (`advance`, a write to the side "
              "file, started in the background at most every 0.1 s while busy) were written per 100 "
              "batches; *a read, as run*, the mean time of one batch read (`read_pending`, run on the "
-             "loop's thread in steps of 128 rows) in that trial -- with the read-ahead on, it runs "
+             "loop's thread in steps of 256 rows) in that trial -- with the read-ahead on, it runs "
              "while the previous batch is in flight -- and *a read, alone*, the same read timed "
              "before the trial with nothing else running. Backlogs: "
              + "; ".join(f"{sc.key} = {sc.label}" for sc in scenarios) + ".",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import sqlite3
 import time
@@ -101,7 +102,9 @@ class Status:
 _EVENT_COLUMNS = "e.seq, e.id, e.topic, e.payload, e.created_at"
 _NOT_SET_ASIDE = "NOT EXISTS (SELECT 1 FROM ship.dead d WHERE d.seq = e.seq)"
 _PENDING = f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE} ORDER BY e.seq LIMIT ?"
-_INLINE_CHUNK = 128  # rows per step of an inline read: ~0.1 ms of the loop's time each
+_INLINE_CHUNK = 256  # rows per step of an inline read: ~0.2 ms of the loop's time each
+_as_event = tuple.__new__  # Event(*row) without the Python-level __new__: half the cost
+_EVENT_TYPE = itertools.repeat(Event)
 
 
 def _now_us() -> int:
@@ -245,7 +248,7 @@ class OutboxReader:
             cur = inline.execute(_PENDING, (after, limit))
             try:
                 while chunk := cur.fetchmany(_INLINE_CHUNK):
-                    events += [Event(*row) for row in chunk]
+                    events += map(_as_event, _EVENT_TYPE, chunk)
                     if len(chunk) < _INLINE_CHUNK:
                         break
                     await asyncio.sleep(0)  # let the loop send, receive, serve commands
