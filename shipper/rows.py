@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from outbox import Event
+from outbox.payload import compact_json
 
 from .migrate import COMMAND_TABLE, EVENT_TABLE
 
@@ -119,9 +120,22 @@ def events_copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes | None:
         return None
 
 
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _decode(text: str) -> Any:
+    """``json.loads`` without its wrapper's regex passes (the outbox stores compact JSON);
+    anything unusual goes through ``json.loads`` itself, for its exact error."""
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError):
+        end = -1
+    return value if end == len(text) else json.loads(text)
+
+
 def command_row(event: Event) -> tuple[Any, ...]:
     """Return the ``command_calls`` row of a command event, or raise ValueError saying why not."""
-    data = json.loads(event.payload)
+    data = _decode(event.payload)
     uid = _bigint(data.get("discord_uid"), "discord_uid", required=True)
     command = data.get("command")
     if not isinstance(command, str) or not command:
@@ -143,7 +157,7 @@ def command_row(event: Event) -> tuple[Any, ...]:
         command,
         _bigint(data.get("guild_id"), "guild_id"),
         _bigint(data.get("channel_id"), "channel_id"),
-        None if options is None else json.dumps(options, ensure_ascii=False, separators=(",", ":")),
+        None if options is None else compact_json(options),
         _text(data.get("outcome"), "outcome"),
         latency_ms,
         event.created_at,
