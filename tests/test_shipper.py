@@ -359,6 +359,17 @@ class TestPostgresSink(SinkContract):
         return PostgresSink(dsn)
 
 
+class TestPostgresSinkStatementByStatement(SinkContract):
+    """The same sink where asyncpg lacks what the one-query fast path uses (shipper.pgcopy)."""
+
+    @pytest.fixture(autouse=True)
+    def _no_one_trip(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("shipper.pgcopy.supports_one_trip", lambda conn: False)
+
+    async def make(self, dsn: str) -> Sink:
+        return PostgresSink(dsn)
+
+
 class TestInMemorySink(SinkContract):
     async def make(self, dsn: str) -> Sink:
         return InMemorySink()
