@@ -1,10 +1,10 @@
 """The read side: what a shipper and the operator's tools need from an outbox.
 
-Most reads and every write go through aiosqlite: a worker-thread hop costs ~100 us, nothing next
-to a Postgres round trip, and it keeps the event loop free. The one exception is the shipper's
-batch read (:meth:`OutboxReader.read_pending`): it runs on the event loop's own thread, a few
+Reads and writes go through aiosqlite: a worker-thread hop costs ~100 us, nothing next to a
+Postgres round trip, and it keeps the event loop free. The one exception is the shipper's
+read-ahead (``read_pending(..., on_loop=True)``): it runs on the event loop's own thread, a few
 hundred rows at a time with a yield between, so it fills the time the loop would spend waiting for
-Postgres. In a thread it would compete for the GIL with the COPY being encoded next to it, which
+Postgres. In a thread it would compete for the GIL with the COPY being sent next to it, which
 measured ~15% off a drain. The events file is only *read* here (pruning and import, in
 :mod:`outbox.maintenance`, are the exceptions); progress and dead letters are written to the
 ``PATH-ship`` side file, so shipping never holds the lock an appender needs.
@@ -236,10 +236,20 @@ class OutboxReader:
         """Return the highest seq in the events file (0 when empty)."""
         return int(await self._one("SELECT max(seq) FROM events") or 0)
 
-    async def read_pending(self, limit: int, after: int | None = None) -> list[Event]:
-        """Return up to ``limit`` events past ``after`` (default: the cursor), in seq order."""
+    async def read_pending(self, limit: int, after: int | None = None, *, on_loop: bool = False) -> list[Event]:
+        """Return up to ``limit`` events past ``after`` (default: the cursor), in seq order.
+
+        ``on_loop``: read on the event loop's own thread, 256 rows at a time with a yield
+        between, instead of on aiosqlite's. For a shipper's read-ahead, which runs while the
+        loop waits for Postgres: in a thread it competes for the GIL with the COPY next to it.
+        A lone read (a trickle of events in a bot) is better off in the thread, which leaves
+        the loop free for commands.
+        """
         if after is None:
             after = await self.cursor()
+        if not on_loop:
+            rows = await self._all(_PENDING, (after, limit))
+            return list(map(_as_event, _EVENT_TYPE, rows))
         inline = self._inline
         if inline is None:
             raise OutboxClosedError(f"reader of {self.path} is {'closed' if self._closed else 'not open'}")

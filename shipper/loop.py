@@ -259,7 +259,7 @@ class Shipper:
                     failures = 0
                 if shipped:
                     continue
-                await self._flush_progress()
+                self._note_progress()  # catches up within _NOTE_EVERY_S of going idle
                 if self._stopping:
                     return
                 await self._idle(self.flush_interval)
@@ -315,12 +315,12 @@ class Shipper:
         if batch is None:
             return 0
         events = batch.events
-        # Read (and route) the next batch while this one is in flight: the read runs on this
-        # thread in short steps once the COPY is sent, in the time the loop would spend waiting
-        # for Postgres, so a drain runs at about the speed of COPY alone. A short batch means
-        # nothing more was there: no read-ahead.
+        # Read, route and encode the next batch while this one is in flight: the read runs on
+        # this thread in short steps once the query is sent, in the time the loop would spend
+        # waiting for Postgres, so a drain runs at about the speed of COPY alone. A short batch
+        # means nothing more was there: no read-ahead.
         if len(events) == self._limit:
-            self._prefetch = (batch.last_seq, asyncio.ensure_future(self._read_batch(batch.last_seq)))
+            self._prefetch = (batch.last_seq, asyncio.ensure_future(self._read_batch(batch.last_seq, ahead=True)))
         started = time.monotonic()
         try:
             result = await self.sink.send(batch, self.reader.set_aside)
@@ -348,14 +348,16 @@ class Shipper:
         return len(events)
 
     def _note_progress(self) -> None:
-        """Note progress in the side file, off the critical path, at most every ``_NOTE_EVERY_S``.
+        """Note progress in the side file, never waiting for it, at most every ``_NOTE_EVERY_S``.
 
         Postgres's ledger already says where a restarted shipper resumes (it takes the larger of
         the two), so the side file's cursor is a copy for local readers (``outbox status``,
         pruning) and only has to catch up: a note per batch cost ~10% of a drain (a commit on
-        aiosqlite's thread beside every COPY). One note is in flight at a time; a failed one is
-        raised here, at the next batch. Going idle, draining and stopping bring it up to date
-        (:meth:`_flush_progress`).
+        aiosqlite's thread beside every COPY), and in the bot's process a note per event cost
+        every command a thread hop. The loop calls this after every batch and every idle look,
+        so the side file is at most ``_NOTE_EVERY_S`` plus one ``flush_interval`` behind. One
+        note is in flight at a time; a failed one is raised here, at the next call. Draining and
+        stopping wait for the side file to catch up (:meth:`_flush_progress`).
         """
         noting = self._noting
         if noting is not None:
@@ -391,9 +393,13 @@ class Shipper:
         except OutboxError as exc:
             log.warning("could not note progress in %s: %s", self.path, exc)
 
-    async def _read_batch(self, after: int) -> Batch | None:
-        """Read the batch after ``after`` and route it; None if nothing is pending."""
-        events = await self.reader.read_pending(self._limit, after=after)
+    async def _read_batch(self, after: int, *, ahead: bool = False) -> Batch | None:
+        """Read the batch after ``after`` and route it; None if nothing is pending.
+
+        A read-ahead runs on the loop's thread (see ``OutboxReader.read_pending``); a first
+        read after a pause, in aiosqlite's thread.
+        """
+        events = await self.reader.read_pending(self._limit, after=after, on_loop=ahead)
         if not events:
             return None
         batch = Batch(self.reader.outbox_id, after, events[-1].seq, events)
