@@ -16,6 +16,7 @@ in :func:`supports_one_trip` fails and the caller sends the statements one by on
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -51,13 +52,16 @@ async def copy_with_statements(
     (no parameters: a simple query takes none), so callers build them from values they have
     checked. An error anywhere stops the rest; if ``before`` began a transaction it is left
     aborted for the caller to roll back. Returns the status of the last statement. Falls back to
-    three round trips, in binary, when :func:`supports_one_trip` is False.
+    three round trips when :func:`supports_one_trip` is False.
     """
     cols = ", ".join(_quote(c) for c in columns)
     if not supports_one_trip(conn):
         if before:
             await conn.execute(before)
-        status: str = await conn.copy_records_to_table(table, records=records, columns=list(columns))
+        if text is not None:
+            status: str = await conn.copy_to_table(table, source=io.BytesIO(text), columns=list(columns), format="text")
+        else:
+            status = await conn.copy_records_to_table(table, records=records, columns=list(columns))
         if after:
             status = await conn.execute(after)
         return status

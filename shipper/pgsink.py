@@ -126,7 +126,7 @@ class PostgresSink:
             except BaseException:
                 await _rollback(conn)
                 raise
-            return SendResult(shipped=sum(len(t.rows) for t in routed.tables), rejected=routed.refused)
+            return SendResult(shipped=sum(len(t.events) for t in routed.tables), rejected=routed.refused)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == _LEDGER_KEY:  # this batch's ledger row: a repeat, refused whole
                 return SendResult(already_shipped_to=await self._ledger_end(batch))
@@ -216,12 +216,13 @@ class PostgresSink:
             await self.conn.execute(f"{ledger}; COMMIT")
             return
         for i, table in enumerate(tables):
+            text = table.copy_text()
             await copy_with_statements(
                 self.conn,
                 table.name,
                 table.columns,
-                table.rows,
-                text=table.copy_text(),
+                table.rows if text is None else (),
+                text=text,
                 before=ledger if i == 0 else "",
                 after="COMMIT" if i == len(tables) - 1 else "",
             )

@@ -36,17 +36,29 @@ COMMAND_COLUMNS = (
     "created_at",
 )
 _BIGINT = (-(2**63), 2**63 - 1)
+assert EVENT_COLUMNS == Event._fields[1:], "outbox_events rows are events without their seq"
 
 
 @dataclass
 class Table:
-    """Rows bound for one table, each beside the event it came from."""
+    """Rows bound for one table, each beside the event it came from.
+
+    ``outbox_events`` rows are the events' own fields, so they are made only if asked for
+    (:attr:`rows`): the fast path sends :meth:`copy_text` instead.
+    """
 
     name: str
     columns: tuple[str, ...]
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    _rows: list[tuple[Any, ...]] | None = field(default=None, repr=False)  # None: made from events
     _text: bytes | None = field(default=None, repr=False)
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """One tuple per event, in :attr:`columns` order."""
+        if self._rows is None:
+            self._rows = [event[1:] for event in self.events]  # EVENT_COLUMNS: all but seq
+        return self._rows
 
     def copy_text(self) -> bytes | None:
         """The rows in COPY's text format, or None where binary COPY of :attr:`rows` must do.
@@ -55,8 +67,8 @@ class Table:
         shipper's read-ahead does it while the previous batch is in flight), it leaves the
         send nothing to encode, where a binary COPY encodes every value on the critical path.
         """
-        if self._text is None and self.name == EVENT_TABLE and self.rows:
-            self._text = events_copy_text(self.rows)
+        if self._text is None and self.name == EVENT_TABLE and self.events:
+            self._text = events_copy_text(self.events)
         return self._text
 
 
@@ -71,11 +83,10 @@ class Routed:
 def route(events: Sequence[Event]) -> Routed:
     """Split ``events`` into per-table rows; refuse command events that cannot fill the columns."""
     plain = Table(EVENT_TABLE, EVENT_COLUMNS)
-    commands = Table(COMMAND_TABLE, COMMAND_COLUMNS)
+    commands = Table(COMMAND_TABLE, COMMAND_COLUMNS, _rows=[])
     refused: list[tuple[Event, str]] = []
     for event in events:
         if event.topic != COMMAND_TOPIC:
-            plain.rows.append((event.id, event.topic, event.payload, event.created_at))
             plain.events.append(event)
             continue
         try:
@@ -84,7 +95,7 @@ def route(events: Sequence[Event]) -> Routed:
             refused.append((event, f"command_calls event refused: {exc}"))
             continue
         commands.events.append(event)
-    return Routed([t for t in (plain, commands) if t.rows], refused)
+    return Routed([t for t in (plain, commands) if t.events], refused)
 
 
 # COPY's text format: a backslash starts an escape; tab, newline and CR separate fields and rows.
@@ -97,8 +108,8 @@ def _copy_escape(text: str) -> str:
     return text
 
 
-def events_copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes | None:
-    """``(id, topic, payload, created_at)`` rows as COPY text, UTF-8; None if one cannot be.
+def events_copy_text(events: Sequence[Event]) -> bytes | None:
+    """Events as ``outbox_events`` rows in COPY text, UTF-8; None if one cannot be.
 
     ``created_at`` (Unix microseconds) is written as a UTC timestamp; the date part is formatted
     once per second, which events made close together share. None (the caller then sends the
@@ -108,7 +119,7 @@ def events_copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes | None:
     out: list[str] = []
     last_second, prefix = -1, ""
     try:
-        for event_id, topic, payload, us in rows:
+        for _, event_id, topic, payload, us in events:
             if type(us) is not int or not 0 <= us < _MAX_US:
                 return None
             second, micro = divmod(us, 1_000_000)

@@ -23,8 +23,8 @@ topics = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N", "P"
 
 def test_escapes_and_timestamps() -> None:
     rows = [
-        ("01a00000-0000-7000-8000-000000000001", "a\\b", '{"s":"x\\ny\\t\\\\"}', 1_700_000_000_123_456),
-        ("01a00000-0000-7000-8000-000000000002", "t", '{\n\t"k": 1\r}', 0),
+        Event(1, "01a00000-0000-7000-8000-000000000001", "a\\b", '{"s":"x\\ny\\t\\\\"}', 1_700_000_000_123_456),
+        Event(2, "01a00000-0000-7000-8000-000000000002", "t", '{\n\t"k": 1\r}', 0),
     ]
     text = events_copy_text(rows)
     assert text == (
@@ -34,11 +34,11 @@ def test_escapes_and_timestamps() -> None:
 
 
 def test_rows_it_cannot_write_fall_back_to_binary() -> None:
-    row = ("01a00000-0000-7000-8000-000000000001", "t", "{}")
-    assert events_copy_text([(*row, -1)]) is None  # before 1970
-    assert events_copy_text([(*row, 253_402_300_800_000_000)]) is None  # past 9999
-    assert events_copy_text([(*row, 1.5)]) is None  # not an integer
-    assert events_copy_text([(row[0], "t", '"\ud800"', 1)]) is None  # not UTF-8
+    row = (1, "01a00000-0000-7000-8000-000000000001", "t", "{}")
+    assert events_copy_text([Event(*row, -1)]) is None  # before 1970
+    assert events_copy_text([Event(*row, 253_402_300_800_000_000)]) is None  # past 9999
+    assert events_copy_text([Event(*row, 1.5)]) is None  # type: ignore[arg-type]  # not an integer
+    assert events_copy_text([Event(1, row[1], "t", '"\ud800"', 1)]) is None  # not UTF-8
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
