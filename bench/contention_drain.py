@@ -163,10 +163,7 @@ async def run(ctx: Context) -> Section:
     for label, ss, pooled in (("idle", si, pooled_i), ("while a sidecar drains", sd, pooled_d)):
         rows.append([
             label,
-            f"{int(sum(s['n'] for s in ss)):,}",
-            fmt_us(median([s["p50"] for s in ss])),
-            fmt_us(median([s["p99"] for s in ss])),
-            fmt_range([s["p99"] for s in ss]),
+            *_latency_cells(ss),
             fmt_us(pooled["p99"]),
             fmt_us(median([s["p99.9"] for s in ss])),
             fmt_us(max(s["max"] for s in ss)),
@@ -198,6 +195,16 @@ async def run(ctx: Context) -> Section:
     return section
 
 
+def _latency_cells(ss: list[dict[str, float]]) -> list[str]:
+    """Appends, median p50, median p99 and the p99s' spread, over one phase's repeats."""
+    return [
+        f"{int(sum(s['n'] for s in ss)):,}",
+        fmt_us(median([s["p50"] for s in ss])),
+        fmt_us(median([s["p99"] for s in ss])),
+        fmt_range([s["p99"] for s in ss]),
+    ]
+
+
 def _diagnostics_table(diag: dict[str, list[list[int]]], seconds: float) -> Table:
     idle = [_summary(x) for x in diag["idle"]]
     rows = []
@@ -206,10 +213,7 @@ def _diagnostics_table(diag: dict[str, list[list[int]]], seconds: float) -> Tabl
         ratios = [s["p99"] / i["p99"] for s, i in zip(ss, idle)]
         rows.append([
             label,
-            f"{int(sum(s['n'] for s in ss)):,}",
-            fmt_us(median([s["p50"] for s in ss])),
-            fmt_us(median([s["p99"] for s in ss])),
-            fmt_range([s["p99"] for s in ss]),
+            *_latency_cells(ss),
             fmt_us(median([s["p99.9"] for s in ss])),
             fmt_ratio(median(ratios)),
         ])

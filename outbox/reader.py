@@ -198,8 +198,11 @@ class OutboxReader:
     def db(self) -> aiosqlite.Connection:
         """The open connection (events file as ``main``, side file as ``ship``)."""
         if self._db is None:
-            raise OutboxClosedError(f"reader of {self.path} is {'closed' if self._closed else 'not open'}")
+            raise self._not_open()
         return self._db
+
+    def _not_open(self) -> OutboxClosedError:
+        return OutboxClosedError(f"reader of {self.path} is {'closed' if self._closed else 'not open'}")
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self._all(sql, params)
@@ -252,7 +255,7 @@ class OutboxReader:
             return list(map(_as_event, _EVENT_TYPE, rows))
         inline = self._inline
         if inline is None:
-            raise OutboxClosedError(f"reader of {self.path} is {'closed' if self._closed else 'not open'}")
+            raise self._not_open()
         events: list[Event] = []
         try:
             cur = inline.execute(_PENDING, (after, limit))

@@ -222,10 +222,7 @@ class Shipper:
             cursor = max(self._cursor, await self.reader.cursor())
             ahead = await self.reader.read_pending(1, after=cursor)
             if not ahead or ahead[0].seq > target:
-                try:
-                    await self._flush_progress()  # so `outbox status` agrees once this returns
-                except OutboxError as exc:
-                    log.warning("could not note progress in %s: %s", self.path, exc)
+                await self._settle_progress()  # so `outbox status` agrees once this returns
                 return self.stats.shipped - before
             if self._task.done():
                 raise ShipperError("the shipper stopped before the drain finished")
@@ -338,8 +335,7 @@ class Shipper:
             )
             self._cursor = max(self._cursor, result.already_shipped_to)
             self._drop_prefetch()
-            await self.reader.advance(self._cursor)
-            self._noted = max(self._noted, self._cursor)
+            await self._note(self._cursor)
             return 1
         self._cursor = batch.last_seq
         self._note_progress()
@@ -387,7 +383,8 @@ class Shipper:
             self._start_note()
 
     async def _settle_progress(self) -> None:
-        """Write the last progress note (before closing the reader)."""
+        """Bring the side file up to date, as a drain ends or before closing the reader; a
+        failure is only logged (Postgres's ledger holds the progress)."""
         try:
             await self._flush_progress()
         except OutboxError as exc:

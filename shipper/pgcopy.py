@@ -65,13 +65,13 @@ async def copy_with_statements(
         if after:
             status = await conn.execute(after)
         return status
+    copy = f"COPY {_quote(table)} ({cols}) FROM STDIN"
     if text is not None:
-        copy = f"COPY {_quote(table)} ({cols}) FROM STDIN"
-        query = "; ".join(part for part in (before, copy, after) if part)
-        return str(await conn._protocol.copy_in(query, None, memoryview(text), None, None, None))
-    # The statement asyncpg itself prepares to learn the columns' types (and so their encoders).
-    intro = await conn._prepare(f"SELECT {cols} FROM {_quote(table)} LIMIT 1", use_cache=True)
-    copy = f"COPY {_quote(table)} ({cols}) FROM STDIN (FORMAT binary)"
+        data, rows, types = memoryview(text), None, None
+    else:
+        # The statement asyncpg itself prepares to learn the columns' types (and so their encoders).
+        intro = await conn._prepare(f"SELECT {cols} FROM {_quote(table)} LIMIT 1", use_cache=True)
+        copy += " (FORMAT binary)"
+        data, rows, types = None, records, intro._state
     query = "; ".join(part for part in (before, copy, after) if part)
-    result = await conn._protocol.copy_in(query, None, None, records, intro._state, None)
-    return str(result)
+    return str(await conn._protocol.copy_in(query, None, data, rows, types, None))

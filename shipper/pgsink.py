@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: Postgres's own epoch
 _LEDGER_KEY = f"{LEDGER_TABLE}_pkey"
+_LEDGER_INSERT = f"INSERT INTO {LEDGER_TABLE}(outbox_id, after_seq, last_seq, rows) VALUES"
 
 
 def _lock_key(outbox_id: str) -> int:
@@ -127,11 +128,10 @@ class PostgresSink:
                 await _rollback(conn)
                 raise
             return SendResult(shipped=sum(len(t.events) for t in routed.tables), rejected=routed.refused)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == _LEDGER_KEY:  # this batch's ledger row: a repeat, refused whole
-                return SendResult(already_shipped_to=await self._ledger_end(batch))
-            log.info("batch after seq %d needs the careful path: %s", batch.after_seq, _one_line(exc))
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == _LEDGER_KEY:
+                # this batch's ledger row is already there: a repeat, refused whole
+                return SendResult(already_shipped_to=await self._ledger_end(batch))
             if classify(exc) not in ("row", "conflict"):
                 raise
             log.info("batch after seq %d needs the careful path: %s", batch.after_seq, _one_line(exc))
@@ -187,12 +187,12 @@ class PostgresSink:
     async def _ledger(self, batch: Batch) -> bool:
         """Insert the batch's ledger row; False if that key is already taken (a repeat).
 
-        The careful path's twin of :meth:`_begin_with_ledger`: it bisects with savepoints, and
-        asyncpg allows ``conn.transaction()`` savepoints only inside a transaction it began itself.
+        The careful path's twin of the ledger row in :meth:`_send_fast`: it bisects with
+        savepoints, and asyncpg allows ``conn.transaction()`` savepoints only inside a
+        transaction it began itself.
         """
         status = await self.conn.execute(
-            f"INSERT INTO {LEDGER_TABLE}(outbox_id, after_seq, last_seq, rows) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT DO NOTHING",
+            f"{_LEDGER_INSERT} ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             batch.outbox_id,
             batch.after_seq,
             batch.last_seq,
@@ -211,7 +211,7 @@ class PostgresSink:
         """
         outbox_id = str(uuid.UUID(batch.outbox_id))
         values = f"'{outbox_id}', {int(batch.after_seq)}, {int(batch.last_seq)}, {len(batch.events)}"
-        ledger = f"BEGIN; INSERT INTO {LEDGER_TABLE}(outbox_id, after_seq, last_seq, rows) VALUES ({values})"
+        ledger = f"BEGIN; {_LEDGER_INSERT} ({values})"
         if not tables:  # every event refused before Postgres: only the ledger row
             await self.conn.execute(f"{ledger}; COMMIT")
             return
