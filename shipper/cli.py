@@ -29,9 +29,11 @@ from outbox.clitools import (
 from outbox.report import counted
 
 from .dsn import redact_dsn
+from .errors import ShipperError
 from .loop import Shipper, ShipperStats
 from .migrate import migrate as migrate_schema
-from .outbox_cli import register_postgres_errors
+from .outbox_cli import register_postgres_errors, schema_option
+from .pgsink import PostgresSink
 
 __all__ = ["shipper", "main", "ShipperSettings"]
 
@@ -49,12 +51,21 @@ class ShipperSettings:
     metrics_port: int | None = None
     retention_s: float = 7 * 86400
     stop_timeout: float = 10.0
+    schema: str = "public"
+    lease_ttl: float = 30.0
 
-    def make(self) -> Shipper:
+    def sink(self, lock_timeout: float = 5.0) -> PostgresSink:
+        """The Postgres sink these settings describe."""
+        return PostgresSink(self.dsn, schema=self.schema, batch_timeout=self.lease_ttl, lock_timeout=lock_timeout)
+
+    def make(self, sink: PostgresSink | None = None) -> Shipper:
         """Build the shipper these settings describe."""
         return Shipper(
             self.outbox_path,
-            self.dsn,
+            None if sink is not None else self.dsn,
+            sink=sink,
+            schema=self.schema,
+            lease_ttl=self.lease_ttl,
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
             metrics_port=self.metrics_port,
@@ -95,6 +106,16 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="The outbox file (created if missing).",
         ),
         dsn_option(),
+        schema_option,
+        click.option(
+            "--lease-ttl",
+            type=click.FloatRange(min=0.1),
+            default=30.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="The lease on the outbox lasts this long unrenewed: a standby takes over about this long"
+            " after the leader dies or freezes.",
+        ),
         click.option(
             "--batch-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Most events per batch."
         ),
@@ -164,12 +185,14 @@ def _settings(options: dict[str, Any]) -> ShipperSettings:
         metrics_port=options["metrics_port"],
         retention_s=options["retention"],
         stop_timeout=options["stop_timeout"],
+        schema=options["schema"],
+        lease_ttl=options["lease_ttl"],
     )
 
 
-async def _start(settings: ShipperSettings) -> Shipper:
+async def _start(settings: ShipperSettings, sink: PostgresSink | None = None) -> Shipper:
     """Start a shipper; a metrics port that cannot be served is the operator's to fix, at once."""
-    s = settings.make()
+    s = settings.make(sink)
     try:
         await s.start()
     except OSError as exc:
@@ -230,10 +253,17 @@ def run_(log_level: str, log_format: str, **options: Any) -> None:
 
 
 async def _drain(settings: ShipperSettings, timeout: float | None) -> ShipperStats:
-    await migrate_schema(settings.dsn)  # fail at once, clearly, when Postgres cannot be reached
+    # One connection, its tables checked once, opened here so that an unreachable Postgres, a
+    # missing table or GRANT fails at once, clearly; every lock wait is bounded by --timeout.
+    sink = settings.sink(lock_timeout=min(5.0, timeout) if timeout is not None else 5.0)
+    try:
+        await asyncio.wait_for(sink.open(), timeout)
+    except asyncio.TimeoutError:
+        await sink.close()
+        raise ShipperError(f"drain timed out after {timeout:g} s connecting to {redact_dsn(settings.dsn)}") from None
     async with OutboxReader(settings.outbox_path, create=True) as reader:
         pending = (await reader.status()).pending
-    s = await _start(settings)
+    s = await _start(settings, sink)
     try:
         with progress("shipping", pending) as update:
             watcher = asyncio.create_task(_watch(s, update))
@@ -293,7 +323,16 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
 
 @shipper.command(epilog=EXIT_CODES_HELP)
 @dsn_option()
-def migrate(dsn: str) -> None:
+@schema_option
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up if another migration holds its lock this long.",
+)
+def migrate(dsn: str, schema: str, lock_timeout: float) -> None:
     """Create or upgrade the Postgres tables the shipper writes (safe to run again).
 
     `shipper run` and `shipper drain` do this on first use too; run it yourself when the bot's
@@ -303,8 +342,8 @@ def migrate(dsn: str) -> None:
     Examples:
       shipper migrate --dsn postgresql://admin:secret@db/bot
     """
-    version = run(migrate_schema(dsn))
-    click.echo(f"outbox schema at version {version} on {redact_dsn(dsn)}")
+    version = run(migrate_schema(dsn, schema=schema, lock_timeout_s=lock_timeout))
+    click.echo(f"outbox schema at version {version} in schema {schema} on {redact_dsn(dsn)}")
 
 
 def main() -> None:

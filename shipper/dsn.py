@@ -1,17 +1,11 @@
-"""Show a DSN without its password, and open connections with errors that never leak one."""
+"""Show a DSN without its password, and scrub it from error messages (connections: :mod:`shipper.connection`)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-
-from .errors import ConnectError
-
-__all__ = ["redact_dsn", "connect"]
+__all__ = ["redact_dsn", "scrub"]
 
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
@@ -48,23 +42,3 @@ def _password_of(dsn: str) -> str | None:
         return urlsplit(dsn).password if "://" in dsn else None
     except ValueError:
         return None
-
-
-async def connect(dsn: str, *, timeout: float = 10.0, **kwargs: Any) -> asyncpg.Connection:
-    """Connect to Postgres, raising :class:`ConnectError` with a redacted, one-line message."""
-    where = redact_dsn(dsn)
-    try:
-        return await asyncpg.connect(dsn, timeout=timeout, **kwargs)
-    except (asyncio.TimeoutError, TimeoutError):
-        raise ConnectError(f"Postgres at {where} did not answer within {timeout:g} s") from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise ConnectError(f"cannot reach Postgres at {where}: {scrub(reason, dsn)}") from None
-    except asyncpg.InvalidAuthorizationSpecificationError as exc:
-        raise ConnectError(f"Postgres at {where} refused the login: {scrub(str(exc), dsn)}") from None
-    except asyncpg.InvalidPasswordError:
-        raise ConnectError(f"Postgres at {where} refused the password") from None
-    except asyncpg.PostgresError as exc:
-        raise ConnectError(f"Postgres at {where} refused the connection: {scrub(str(exc), dsn)}") from None
-    except (ValueError, TypeError, asyncpg.InterfaceError) as exc:
-        raise ConnectError(f"malformed DSN {where}: {scrub(str(exc), dsn)}") from None

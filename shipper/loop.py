@@ -1,10 +1,11 @@
 """The shipping loop: read a batch, send it, record progress; survive everything in between.
 
 One loop per outbox file, in the bot's process (woken by its appends) or in a sidecar (polling
-every ``flush_interval``). It ships at once when idle; batches grow only while one is in flight.
-Only the holder of the outbox's lease (a Postgres advisory lock) ships; a second shipper started
-by mistake stands by, says so, and takes over if the first one dies. Even without the lease the
-ledger refuses a batch shipped twice, so a mistake costs time, never a duplicate.
+every ``flush_interval``). It ships at once when idle; batches grow only while a backlog waits
+(:mod:`shipper.batching`). Only the holder of the outbox's lease (a Postgres row that expires,
+:mod:`shipper.lease`) ships; a second shipper started by mistake stands by, says so, and takes
+over within about one TTL if the first one dies or freezes. Even without the lease the ledger
+refuses a batch shipped twice, so a mistake costs time, never a duplicate.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 from outbox import Outbox, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.maintenance import checkpoint, prune
 
-from .errors import ConnectError, ShipperError, classify
+from .batching import MAX_BATCH_BYTES, batch_bytes, next_limit
+from .errors import DsnError, GrantError, ShipperError, classify, hint
+from .lease import LeaseKeeper
 from .metrics import Metrics
 from .pgsink import PostgresSink
 from .sink import Batch, Sink
@@ -67,6 +70,13 @@ class Shipper:
         Serve Prometheus metrics on ``127.0.0.1:port``.
     stop_timeout:
         Seconds :meth:`stop` (and ``async with``'s exit) spends shipping what is pending.
+    schema:
+        The Postgres schema of the shipper's tables (every statement names it).
+    lease_ttl:
+        Seconds the lease lasts unrenewed: a standby takes over about this long after the
+        leader dies or freezes; a batch transaction may run at most this long.
+    max_batch_bytes:
+        While a backlog waits batches grow past ``batch_size``, up to about this many bytes.
     """
 
     def __init__(
@@ -84,6 +94,9 @@ class Shipper:
         backoff_base: float = 0.1,
         backoff_cap: float = 30.0,
         housekeeping_interval: float = 60.0,
+        schema: str = "public",
+        lease_ttl: float = 30.0,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -92,7 +105,7 @@ class Shipper:
         if sink is None:
             if not dsn:
                 raise ValueError("give a dsn (or a sink) to ship to")
-            sink = PostgresSink(dsn)
+            sink = PostgresSink(dsn, schema=schema, batch_timeout=lease_ttl)
         self.path = Path(outbox_path)
         self.sink = sink
         self.where = getattr(sink, "where", type(sink).__name__)
@@ -116,6 +129,9 @@ class Shipper:
         self._said_standby = False
         self._cursor = 0
         self._limit = batch_size
+        self.max_batch_bytes = max_batch_bytes
+        self._lease = LeaseKeeper(sink, lease_ttl)
+        self._last_kind: str | None = None
         self._next_housekeeping = 0.0
         self._next_retry_check = 0.0
         self._next_gauges = 0.0
@@ -174,6 +190,8 @@ class Shipper:
         await self._settle_progress()
         if self._outbox is not None:
             self._outbox.remove_listener(self._wake.set)
+        if self._lease.held:
+            await self._lease.release(self.reader.outbox_id)
         await self.sink.close()
         await self.reader.close()
         if self._metrics is not None:
@@ -218,6 +236,8 @@ class Shipper:
         while True:
             if self._fatal is not None:
                 raise self._fatal
+            if self._last_kind == "permission":  # an owner must act: a one-off drain says so and ends
+                raise GrantError(self.stats.last_error)
             # this loop's own cursor is committed in Postgres; the side file's may lag (see _note_progress)
             cursor = max(self._cursor, await self.reader.cursor())
             ahead = await self.reader.read_pending(1, after=cursor)
@@ -246,7 +266,10 @@ class Shipper:
                 if not self._leader and not await self._claim():
                     if self._stopping:
                         return
-                    await self._idle(max(1.0, self.flush_interval))
+                    await self._idle(max(self._lease.poll_interval, self.flush_interval))
+                    continue
+                if not await self._lease.keep(self.reader.outbox_id):
+                    self._stand_by()
                     continue
                 shipped = await self._ship_once()
                 await self._maintain()
@@ -254,6 +277,7 @@ class Shipper:
                     log.info("shipping to %s resumed", self.where)
                     await self.reader.set_error(None)
                     failures = 0
+                    self._last_kind = None
                 if shipped:
                     continue
                 self._note_progress()  # catches up within _NOTE_EVERY_S of going idle
@@ -263,7 +287,11 @@ class Shipper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN"):
+                if classify(exc) == "lease":  # refused by the fence: another shipper took over
+                    self._lease.lost(self.reader.outbox_id)
+                    self._stand_by()
+                    continue
+                if isinstance(exc, DsnError):
                     self._fatal = exc
                     log.error("%s", exc)
                     return
@@ -276,8 +304,13 @@ class Shipper:
         self._connected = True
         self._leader = False
 
+    def _stand_by(self) -> None:
+        self._leader = False
+        self._drop_prefetch()
+        self._said_standby = True  # the lease's own line said it: the next one is "took over"
+
     async def _claim(self) -> bool:
-        if not await self.sink.try_lease(self.reader.outbox_id):
+        if not await self._lease.claim(self.reader.outbox_id):
             if not self._said_standby:
                 log.warning(
                     "another shipper holds the lease on outbox %s (%s): standing by, will take over if it stops",
@@ -316,7 +349,10 @@ class Shipper:
         # this thread in short steps once the query is sent, in the time the loop would spend
         # waiting for Postgres, so a drain runs at about the speed of COPY alone. A short batch
         # means nothing more was there: no read-ahead.
-        if len(events) == self._limit:
+        limit, self._limit = self._limit, next_limit(
+            self._limit, len(events), batch_bytes(batch), batch_size=self.batch_size, max_bytes=self.max_batch_bytes
+        )
+        if len(events) == limit:
             self._prefetch = (batch.last_seq, asyncio.ensure_future(self._read_batch(batch.last_seq, ahead=True)))
         started = time.monotonic()
         try:
@@ -339,7 +375,6 @@ class Shipper:
             return 1
         self._cursor = batch.last_seq
         self._note_progress()
-        self._limit = min(self.batch_size, self._limit * 2)
         self._count(result.shipped, result.rejected, time.monotonic() - started)
         return len(events)
 
@@ -399,7 +434,7 @@ class Shipper:
         events = await self.reader.read_pending(self._limit, after=after, on_loop=ahead)
         if not events:
             return None
-        batch = Batch(self.reader.outbox_id, after, events[-1].seq, events)
+        batch = Batch(self.reader.outbox_id, after, events[-1].seq, events, lease=self._lease.token)
         for table in batch.routed.tables:  # routed and encoded now, off the next send's critical path
             table.copy_text()
         return batch
@@ -444,12 +479,17 @@ class Shipper:
             self._metrics.retry()
         base, cap = self._backoff
         delay = random.uniform(0, min(cap, base * 2 ** min(failures, 30)))  # full jitter
-        hint = " -- run `shipper migrate`?" if kind == "schema" else ""
-        log.warning("shipping to %s failed (%s, attempt %d): %s%s; retrying in %.2f s", self.where, kind, failures, text, hint, delay)
+        advice = "" if kind == "outbox" else hint(exc, classify(exc))
+        if kind in ("permission", "schema", "pooler"):  # an operator must act: retry calmly
+            delay = max(delay, min(cap, 5.0))
+        self._last_kind = kind
+        log.warning(
+            "shipping to %s failed (%s, attempt %d): %s%s; retrying in %.2f s", self.where, kind, failures, text, advice, delay
+        )
         self._connected = self._leader = False
         await self.sink.close()
         try:
-            await self.reader.set_error(f"{text}{hint}")
+            await self.reader.set_error(f"{text}{advice}")
         except OutboxError:
             pass
         return delay

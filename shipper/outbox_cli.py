@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import click
@@ -34,7 +36,20 @@ from .replay import ReplayResult, VerifyResult
 from .replay import replay as replay_events
 from .replay import verify as verify_events
 
-__all__ = ["cli", "main", "register_postgres_errors"]
+__all__ = ["cli", "main", "register_postgres_errors", "schema_option"]
+
+
+def schema_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--schema`` (OUTBOX_SCHEMA): the Postgres schema of the shipper's tables."""
+    return click.option(
+        "--schema",
+        envvar="OUTBOX_SCHEMA",
+        show_envvar=True,
+        default="public",
+        show_default=True,
+        metavar="NAME",
+        help="Postgres schema holding the shipper's tables (every statement names it).",
+    )(func)
 
 
 def _describe_postgres(exc: BaseException) -> str:
@@ -62,19 +77,20 @@ register_postgres_errors(cli)
 
 
 async def _replay(
-    path: Path, dsn: str | None, since: int | None, until: int | None, topic: str | None, dry_run: bool
+    path: Path, dsn: str | None, since: int | None, until: int | None, topic: str | None, dry_run: bool, schema: str
 ) -> ReplayResult:
     async with OutboxReader(path) as reader:
         total = await reader.count_events(since_us=since, until_us=until, topic=topic)
         with progress("selecting" if dry_run else "replaying", total, deltas=True) as step:
             return await replay_events(
-                reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step
+                reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step, schema=schema
             )
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @path_argument
 @dsn_option(required=False)
+@schema_option
 @range_options
 @click.option("--dry-run", is_flag=True, help="Say what would be sent; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -86,6 +102,7 @@ def replay(
     topic: str | None,
     dry_run: bool,
     as_json: bool,
+    schema: str,
 ) -> None:
     """Send a range of events to Postgres again, shipped ones too.
 
@@ -101,7 +118,7 @@ def replay(
     check_range(since, until)
     if dsn is None and not dry_run:
         raise click.UsageError("Missing option '--dsn' (or set OUTBOX_DSN or DATABASE_URL)")
-    result = run(_replay(path, dsn, since, until, topic, dry_run))
+    result = run(_replay(path, dsn, since, until, topic, dry_run, schema))
     where = redact_dsn(dsn) if dsn else "Postgres"
     if as_json:
         echo_json(
@@ -134,18 +151,19 @@ def replay(
 # -- verify --------------------------------------------------------------------------------------
 
 
-async def _verify(path: Path, dsn: str) -> VerifyResult:
+async def _verify(path: Path, dsn: str, schema: str) -> VerifyResult:
     async with OutboxReader(path) as reader:
         total = (await reader.status()).shipped
         with progress("verifying", total, deltas=True) as step:
-            return await verify_events(reader, dsn, progress=step)
+            return await verify_events(reader, dsn, progress=step, schema=schema)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @path_argument
 @dsn_option()
+@schema_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (missing ids included).")
-def verify(path: Path, dsn: str, as_json: bool) -> None:
+def verify(path: Path, dsn: str, as_json: bool, schema: str) -> None:
     """Prove that every shipped event still in the outbox is in Postgres.
 
     Checks in chunks, so any size of outbox works. Prints how many are missing per topic and
@@ -156,7 +174,7 @@ def verify(path: Path, dsn: str, as_json: bool) -> None:
       outbox verify events.db --dsn postgresql://bot@db/bot
       OUTBOX_DSN=postgresql://bot@db/bot outbox verify events.db --json
     """
-    result = run(_verify(path, dsn))
+    result = run(_verify(path, dsn, schema))
     missing = sum(result.missing.values())
     where = redact_dsn(dsn)
     if as_json:

@@ -6,15 +6,21 @@ committed batch fails on the ledger's primary key and is refused whole, so COPY 
 ``ON CONFLICT``.
 
 Careful path, when the fast one hits a row Postgres refuses or an id it already holds (a replay,
-an import): in one transaction, the ledger row, then each table's rows COPYed into a temporary
-staging table and moved with ``INSERT .. ON CONFLICT (id) DO NOTHING`` inside a savepoint. A
-refused chunk is bisected, savepoint by savepoint, down to the rows at fault; those are handed to
-``set_aside`` before the commit and the rest ship.
+an import): in one transaction, the ledger row, then each table's rows sent as one array per
+column and moved with ``INSERT .. SELECT FROM unnest(..) ON CONFLICT (id) DO NOTHING`` inside a
+savepoint (no temporary table: hosted roles often lack TEMP). A refused chunk is bisected,
+savepoint by savepoint, down to the rows at fault; those are handed to ``set_aside`` before the
+commit and the rest ship.
+
+Both paths start with the lease's fence (:mod:`shipper.lease`) and ``SET LOCAL`` timeouts, so a
+batch of a shipper that lost its lease is refused whole, and a frozen shipper's transaction ends
+within the lease's TTL instead of holding its locks. Every table is named with its schema.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -23,9 +29,11 @@ import asyncpg
 
 from outbox import Event
 
-from .dsn import connect, redact_dsn
-from .errors import classify
-from .migrate import COMMAND_TABLE, EVENT_TABLE, LEDGER_TABLE, ensure_schema
+from .connection import connect, local_settings, qualified, quote_ident
+from .dsn import redact_dsn
+from .errors import LeaseLost, classify
+from .lease import fence_sql, release_sql, renew_sql, take_sql
+from .migrate import COMMAND_TABLE, DEFAULT_SCHEMA, EVENT_TABLE, LEDGER_TABLE, ensure_schema
 from .pgcopy import copy_with_statements
 from .rows import COMMAND_TOPIC, Table, route
 from .sink import Batch, SendResult, SetAside
@@ -34,13 +42,8 @@ __all__ = ["PostgresSink"]
 
 log = logging.getLogger(__name__)
 
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: Postgres's own epoch
 _LEDGER_KEY = f"{LEDGER_TABLE}_pkey"
-_LEDGER_INSERT = f"INSERT INTO {LEDGER_TABLE}(outbox_id, after_seq, last_seq, rows) VALUES"
-
-
-def _lock_key(outbox_id: str) -> int:
-    return int.from_bytes(uuid.UUID(outbox_id).bytes[:8], "big", signed=True)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class PostgresSink:
@@ -54,38 +57,53 @@ class PostgresSink:
         Create or upgrade the tables on the first connection.
     command_timeout:
         Seconds before a statement is abandoned as hung (a transient failure).
+    schema:
+        The Postgres schema holding the shipper's tables.
+    lock_timeout:
+        Seconds any statement waits for a lock (a frozen shipper's, a migration's) before giving up.
+    batch_timeout:
+        Seconds a batch transaction may run (``SET LOCAL statement_timeout``): a shipper frozen
+        mid-batch releases its locks after this long. The shipper passes its lease's TTL.
     """
 
-    def __init__(self, dsn: str, *, migrate: bool = True, command_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        migrate: bool = True,
+        command_timeout: float = 60.0,
+        schema: str = DEFAULT_SCHEMA,
+        lock_timeout: float = 5.0,
+        batch_timeout: float = 30.0,
+    ) -> None:
         self.dsn = dsn
         self.where = redact_dsn(dsn)
+        self.schema = schema
         self._migrate = migrate
         self._migrated = False
         self._command_timeout = command_timeout
+        self._lock_timeout = lock_timeout
+        self._batch_timeout = batch_timeout
         self._conn: asyncpg.Connection | None = None
-        self._staged: set[str] = set()
+        self._types: dict[str, list[str]] = {}  # table -> its columns' array types, this connection
+        self._intros: dict[str, Any] = {}  # table -> the binary COPY's column types, this connection
+        self._ledger_insert = f"INSERT INTO {qualified(schema, LEDGER_TABLE)}(outbox_id, after_seq, last_seq, rows) VALUES"
 
     async def open(self) -> None:
-        """Connect if not connected (raising ConnectError), and migrate once."""
+        """Connect if not connected (raising ConnectError), and check (or migrate) the tables once."""
         if self._conn is not None and not self._conn.is_closed():
             return
         conn = await connect(self.dsn, command_timeout=self._command_timeout)
         try:
-            await conn.set_type_codec(
-                "timestamptz",
-                schema="pg_catalog",
-                encoder=lambda us: (us - _PG_EPOCH_US,),
-                decoder=lambda t: t[0] + _PG_EPOCH_US,
-                format="tuple",
-            )
             if self._migrate and not self._migrated:
-                await ensure_schema(conn)
+                await ensure_schema(conn, self.schema, lock_timeout_s=self._lock_timeout)
                 self._migrated = True
         except BaseException:
             conn.terminate()
             raise
         self._conn = conn
-        self._staged = set()
+        self._types = {}
+        self._intros = {}
 
     async def close(self) -> None:
         """Close the connection (a transaction in flight is rolled back by Postgres)."""
@@ -103,14 +121,26 @@ class PostgresSink:
             raise ConnectionError(f"not connected to {self.where}")
         return self._conn
 
-    async def try_lease(self, outbox_id: str) -> bool:
-        """Take a session advisory lock for the outbox; it lapses if this connection dies."""
-        return bool(await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(outbox_id)))
+    def _table(self, name: str) -> str:
+        return qualified(self.schema, name)
+
+    async def try_lease(self, outbox_id: str, holder: str, ttl: float, *, renew: bool = False) -> bool:
+        """Take (or renew) the outbox's lease row: one round trip; a lock not granted in time is a no."""
+        make = renew_sql if renew else take_sql
+        try:
+            status = await self.conn.execute(make(self.schema, outbox_id, holder, ttl, self._lock_timeout))
+        except asyncpg.LockNotAvailableError:
+            return False  # a batch of the holder is in flight (its fence holds the row)
+        return bool(status.endswith(" 1"))
+
+    async def release_lease(self, outbox_id: str, holder: str) -> None:
+        """Expire the lease row now, if ``holder`` holds it."""
+        await self.conn.execute(release_sql(self.schema, outbox_id, holder, self._lock_timeout))
 
     async def position(self, outbox_id: str) -> int:
         """Return the last seq of the newest ledger row of this outbox."""
         value = await self.conn.fetchval(
-            f"SELECT last_seq FROM {LEDGER_TABLE} WHERE outbox_id = $1 ORDER BY after_seq DESC LIMIT 1",
+            f"SELECT last_seq FROM {self._table(LEDGER_TABLE)} WHERE outbox_id = $1 ORDER BY after_seq DESC LIMIT 1",
             outbox_id,
         )
         return int(value or 0)
@@ -132,10 +162,19 @@ class PostgresSink:
             if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == _LEDGER_KEY:
                 # this batch's ledger row is already there: a repeat, refused whole
                 return SendResult(already_shipped_to=await self._ledger_end(batch))
-            if classify(exc) not in ("row", "conflict"):
+            kind = classify(exc)
+            if kind == "lease":
+                raise LeaseLost(f"batch after seq {batch.after_seq} refused: {_one_line(exc)}") from None
+            if kind not in ("row", "conflict"):
                 raise
             log.info("batch after seq %d needs the careful path: %s", batch.after_seq, _one_line(exc))
         async with conn.transaction():
+            try:
+                await conn.execute(self._preamble(batch))
+            except asyncpg.PostgresError as exc:
+                if classify(exc) == "lease":
+                    raise LeaseLost(f"batch after seq {batch.after_seq} refused: {_one_line(exc)}") from None
+                raise
             if not await self._ledger(batch):
                 return SendResult(already_shipped_to=await self._ledger_end(batch))
             result = SendResult(rejected=list(routed.refused), added=0)
@@ -165,24 +204,45 @@ class PostgresSink:
     async def missing(self, events: Sequence[Event]) -> list[Event]:
         """Return the events whose id is in neither table."""
         found: set[str] = set()
+        parts = []
         for table, topic_is_command in ((EVENT_TABLE, False), (COMMAND_TABLE, True)):
             ids = [e.id for e in events if (e.topic == COMMAND_TOPIC) == topic_is_command]
             if ids:
-                rows = await self.conn.fetch(f"SELECT id::text FROM {table} WHERE id = ANY($1::uuid[])", ids)
-                found.update(r[0] for r in rows)
-        return [e for e in events if e.id not in found]
+                if not all(_UUID.fullmatch(i) for i in ids):
+                    raise ValueError("an event id in the outbox is not a UUID")
+                parts.append(
+                    f"SELECT u::text FROM unnest('{{{','.join(ids)}}}'::uuid[]) AS u"
+                    f" WHERE NOT EXISTS (SELECT 1 FROM {self._table(table)} AS t WHERE t.id = u)"
+                )
+        if not parts:
+            return []
+        # One simple query counts what is missing (its status line): one round trip when nothing
+        # is, which is what verify expects; only then are the missing ids fetched.
+        query = " UNION ALL ".join(parts)
+        if await self.conn.execute(query) == "SELECT 0":
+            return []
+        found = {r[0] for r in await self.conn.fetch(query)}
+        return [e for e in events if e.id in found]
 
     async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
         """Drop ledger rows older than the retention, always keeping the newest."""
+        ledger = self._table(LEDGER_TABLE)
         await self.conn.execute(
-            f"DELETE FROM {LEDGER_TABLE} WHERE outbox_id = $1"
+            f"DELETE FROM {ledger} WHERE outbox_id = $1"
             " AND shipped_at < now() - make_interval(secs => $2)"
-            f" AND after_seq < (SELECT max(after_seq) FROM {LEDGER_TABLE} WHERE outbox_id = $1)",
+            f" AND after_seq < (SELECT max(after_seq) FROM {ledger} WHERE outbox_id = $1)",
             outbox_id,
             float(retention_s),
         )
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _preamble(self, batch: Batch) -> str:
+        """The batch transaction's first statements: its time limits, then the lease's fence."""
+        settings = local_settings(lock_timeout_s=self._lock_timeout, statement_timeout_s=self._batch_timeout)
+        idle = f"SET LOCAL idle_in_transaction_session_timeout = {max(1, int(self._batch_timeout * 1000))}"
+        fence = "" if batch.lease is None else f"; {fence_sql(self.schema, batch.outbox_id, batch.lease)}"
+        return f"{settings}; {idle}{fence}"
 
     async def _ledger(self, batch: Batch) -> bool:
         """Insert the batch's ledger row; False if that key is already taken (a repeat).
@@ -192,7 +252,7 @@ class PostgresSink:
         transaction it began itself.
         """
         status = await self.conn.execute(
-            f"{_LEDGER_INSERT} ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            f"{self._ledger_insert} ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             batch.outbox_id,
             batch.after_seq,
             batch.last_seq,
@@ -201,17 +261,17 @@ class PostgresSink:
         return bool(status.endswith(" 1"))
 
     async def _send_fast(self, batch: Batch, tables: list[Table]) -> None:
-        """The fast path: the ledger row and a plain COPY per table, in one transaction.
+        """The fast path: the fence, the ledger row and a plain COPY per table, in one transaction.
 
-        One round trip for the usual one-table batch: ``BEGIN; INSERT INTO ledger ..; COPY ..;
-        COMMIT`` as a single query (:mod:`shipper.pgcopy`). A repeat of a committed batch fails
+        One round trip for the usual one-table batch: ``BEGIN; SET LOCAL ..; SELECT fence(..);
+        INSERT INTO ledger ..; COPY ..; COMMIT`` as a single query (:mod:`shipper.pgcopy`). A repeat of a committed batch fails
         on the ledger's primary key before any row is sent. A simple query cannot take
         parameters, so the ledger's values are formatted in; each is an int or a UUID parsed and
         re-printed here, so nothing from outside reaches the SQL text.
         """
         outbox_id = str(uuid.UUID(batch.outbox_id))
         values = f"'{outbox_id}', {int(batch.after_seq)}, {int(batch.last_seq)}, {len(batch.events)}"
-        ledger = f"BEGIN; {_LEDGER_INSERT} ({values})"
+        ledger = f"BEGIN; {self._preamble(batch)}; {self._ledger_insert} ({values})"
         if not tables:  # every event refused before Postgres: only the ledger row
             await self.conn.execute(f"{ledger}; COMMIT")
             return
@@ -222,6 +282,8 @@ class PostgresSink:
                 table.name,
                 table.columns,
                 table.rows if text is None else (),
+                schema=self.schema,
+                intros=self._intros,
                 text=text,
                 before=ledger if i == 0 else "",
                 after="COMMIT" if i == len(tables) - 1 else "",
@@ -229,21 +291,21 @@ class PostgresSink:
 
     async def _ledger_end(self, batch: Batch) -> int:
         value = await self.conn.fetchval(
-            f"SELECT last_seq FROM {LEDGER_TABLE} WHERE outbox_id = $1 AND after_seq = $2",
+            f"SELECT last_seq FROM {self._table(LEDGER_TABLE)} WHERE outbox_id = $1 AND after_seq = $2",
             batch.outbox_id,
             batch.after_seq,
         )
         return int(value)
 
-    async def _stage(self, table: Table) -> str:
-        name = f"_stage_{table.name}"
-        if name not in self._staged:
-            await self.conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {name} (LIKE {table.name} INCLUDING DEFAULTS)"
-                " ON COMMIT DELETE ROWS"
-            )
-            self._staged.add(name)
-        return name
+    async def _array_types(self, table: Table) -> list[str]:
+        """The table's columns' array types (``"pg_catalog"."jsonb"[]``, ...), asked once per connection."""
+        types = self._types.get(table.name)
+        if types is None:
+            cols = ", ".join(quote_ident(c) for c in table.columns)
+            statement = await self.conn.prepare(f"SELECT {cols} FROM {self._table(table.name)} LIMIT 0")
+            types = [f"{quote_ident(a.type.schema)}.{quote_ident(a.type.name)}[]" for a in statement.get_attributes()]
+            self._types[table.name] = types
+        return types
 
     async def _upsert_counted(self, table: Table) -> tuple[list[tuple[Event, str]], int]:
         """Upsert all of a table's rows; return the refused ones and how many rows were new."""
@@ -254,17 +316,18 @@ class PostgresSink:
     async def _upsert(
         self, table: Table, rows: list[tuple[Any, ...]], events: list[Event], added: list[int]
     ) -> list[tuple[Event, str]]:
-        """Move rows in through the staging table inside a savepoint; bisect on a refused row."""
+        """Insert rows from one array per column inside a savepoint; bisect on a refused row."""
         conn = self.conn
-        stage = await self._stage(table)
-        columns = ", ".join(table.columns)
+        types = await self._array_types(table)
+        columns = ", ".join(quote_ident(c) for c in table.columns)
+        arrays = ", ".join(f"${i}::{kind}" for i, kind in enumerate(types, 1))
         try:
             async with conn.transaction():  # a savepoint: a refusal undoes only this chunk
-                await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
                 status = await conn.execute(
-                    f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {stage} ON CONFLICT (id) DO NOTHING"
+                    f"INSERT INTO {self._table(table.name)} ({columns}) SELECT * FROM unnest({arrays})"
+                    " ON CONFLICT (id) DO NOTHING",
+                    *(list(column) for column in zip(*rows)),
                 )
-                await conn.execute(f"TRUNCATE {stage}")
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if classify(exc) != "row":
                 raise

@@ -37,7 +37,7 @@ def test_migrate_creates_the_tables_and_can_run_again(cli: Cli, pg_dsn: str) -> 
     for _ in range(2):
         out = cli("shipper", "migrate", "--dsn", dsn)
         assert out.code == 0, out.stderr
-        assert "outbox schema at version 1 on postgresql://" in out.stdout and ":***@" in out.stdout
+        assert "outbox schema at version 2 in schema public on postgresql://" in out.stdout and ":***@" in out.stdout
         assert secret not in out.stdout + out.stderr
     assert run(rows_in(pg_dsn, "outbox_events")) == set() and run(rows_in(pg_dsn, "command_calls")) == set()
 

@@ -15,8 +15,8 @@ import pytest
 from outbox import Outbox, OutboxReader
 from pgproxy import PgProxy
 from pgserver import PgServer
-from shipper import InMemorySink, PostgresSink, SchemaError, Shipper, migrate
-from shipper.errors import classify
+from shipper import SCHEMA_VERSION, InMemorySink, PostgresSink, SchemaError, Shipper, migrate
+from shipper.errors import LeaseLost, classify
 from shipper.sink import Batch, Sink
 
 COMMAND = {
@@ -70,11 +70,11 @@ async def test_events_route_to_their_tables_with_typed_columns(outbox_path: Path
 
 
 async def test_migrate_is_idempotent_and_versioned(pg_dsn: str) -> None:
-    assert await migrate(pg_dsn) == 1
-    assert await migrate(pg_dsn) == 1
+    assert await migrate(pg_dsn) == SCHEMA_VERSION
+    assert await migrate(pg_dsn) == SCHEMA_VERSION
     conn = await asyncpg.connect(pg_dsn)
     try:
-        assert await conn.fetchval("SELECT max(version) FROM outbox_schema_version") == 1
+        assert await conn.fetchval("SELECT max(version) FROM outbox_schema_version") == SCHEMA_VERSION
         await conn.execute("INSERT INTO outbox_schema_version(version) VALUES (99)")
     finally:
         await conn.close()
@@ -196,6 +196,8 @@ async def test_server_restart_is_survived(outbox_path: Path, pg_server: PgServer
             await asyncio.sleep(1.0)
             await start()
             await s.drain(timeout=60)
+    if not pg_server.controllable:
+        await stop()  # the proxy's listening socket, closed here rather than by the GC in a later test
     assert sorted(await ids_in(pg_dsn)) == sorted(expected)
 
 
@@ -336,9 +338,15 @@ class SinkContract:
             async with OutboxReader(path) as reader:
                 events = await reader.read_pending(100)
                 oid = reader.outbox_id
-            assert await sink.try_lease(oid)
+            assert await sink.try_lease(oid, "a", 30.0)
+            assert not await sink.try_lease(oid, "b", 30.0)  # held: the second shipper stands by
+            assert not await sink.try_lease(oid, "b", 30.0, renew=True)  # renewing is for the holder only
+            assert await sink.try_lease(oid, "a", 30.0, renew=True)
             assert await sink.position(oid) == 0
-            first = Batch(oid, 0, events[3].seq, events[:4])
+            with pytest.raises(LeaseLost):  # fenced: refused whole, the ledger row included
+                await sink.send(Batch(oid, 0, events[3].seq, events[:4], lease="b"), keep)
+            assert await sink.position(oid) == 0
+            first = Batch(oid, 0, events[3].seq, events[:4], lease="a")
             result = await sink.send(first, keep)
             assert (result.shipped, result.rejected, result.already_shipped_to) == (4, [], None)
             again = await sink.send(Batch(oid, 0, events[2].seq, events[:3]), keep)
@@ -350,6 +358,12 @@ class SinkContract:
             redo = await sink.upsert(events[:7])
             assert redo.shipped == 7 and not redo.rejected
             assert [e.id for e in await sink.missing(events)] == [events[-1].id]
+            await sink.release_lease(oid, "b")  # not the holder: nothing happens
+            assert not await sink.try_lease(oid, "b", 30.0)
+            await sink.release_lease(oid, "a")  # a clean stop: free at once
+            assert await sink.try_lease(oid, "b", 30.0)
+            with pytest.raises(LeaseLost):
+                await sink.send(Batch(oid, events[-1].seq, events[-1].seq + 1, events[-1:], lease="a"), keep)
         finally:
             await sink.close()
 
