@@ -25,6 +25,7 @@ typecheck: venv
 	$(VPY) -m mypy
 
 test: venv typecheck
+	@sh .ci/ensure-pgbouncer
 	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 torture: venv

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from outbox import Outbox, OutboxReader
+from pgbouncer import PgBouncer
 from pgproxy import PgProxy
 from pgserver import PgServer
 from shipper import SCHEMA_VERSION, InMemorySink, PostgresSink, SchemaError, Shipper, migrate
@@ -382,6 +383,17 @@ class TestPostgresSinkStatementByStatement(SinkContract):
 
     async def make(self, dsn: str) -> Sink:
         return PostgresSink(dsn)
+
+
+class TestPostgresSinkThroughPgBouncer(SinkContract):
+    """The same sink through a real PgBouncer in transaction mode, pool of two."""
+
+    @pytest.fixture(autouse=True)
+    def _bouncer(self, pgbouncer: PgBouncer) -> None:
+        self.bouncer = pgbouncer
+
+    async def make(self, dsn: str) -> Sink:
+        return PostgresSink(self.bouncer.dsn(dsn))
 
 
 class TestInMemorySink(SinkContract):
