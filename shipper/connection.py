@@ -66,6 +66,10 @@ async def connect(
         )
     except (asyncio.TimeoutError, TimeoutError):
         raise ConnectError(f"Postgres at {where} did not answer within {timeout:g} s") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        # sslrootcert/sslcert/sslkey naming a file that cannot be read: the DSN parsed, TLS cannot start
+        reason = f"cannot read {exc.filename}: {exc.strerror}" if exc.filename else (exc.strerror or str(exc))
+        raise DsnError(f"TLS set-up for {where} failed: {scrub(reason, dsn)}") from None
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise ConnectError(f"cannot reach Postgres at {where}: {scrub(reason, dsn)}") from None

@@ -474,7 +474,6 @@ class Shipper:
         if getattr(exc, "sqlstate", None) == "57014" and self._limit > 1:
             self._limit = max(1, self._limit // 2)  # statement timeout: try smaller batches
         self.stats.retries += 1
-        self.stats.last_error = text
         if self._metrics is not None:
             self._metrics.retry()
         base, cap = self._backoff
@@ -483,6 +482,7 @@ class Shipper:
         if kind in ("permission", "schema", "pooler"):  # an operator must act: retry calmly
             delay = max(delay, min(cap, 5.0))
         self._last_kind = kind
+        self.stats.last_error = f"{text}{advice}"
         log.warning(
             "shipping to %s failed (%s, attempt %d): %s%s; retrying in %.2f s", self.where, kind, failures, text, advice, delay
         )
