@@ -31,4 +31,4 @@ def next_limit(limit: int, got: int, nbytes: int, *, batch_size: int, max_bytes:
     if got < limit:  # nothing more was waiting
         return batch_size
     per_event = max(1, nbytes // max(1, got))
-    return max(1, min(limit * 2, max(batch_size, max_bytes // per_event)))
+    return max(batch_size, max_bytes // per_event)

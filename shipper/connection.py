@@ -41,14 +41,30 @@ def qualified(schema: str, table: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
-def local_settings(*, lock_timeout_s: float | None = None, statement_timeout_s: float | None = None) -> str:
-    """``SET LOCAL`` statements to put at the start of a transaction (pooler-safe: they end with it)."""
+def local_settings(
+    *,
+    lock_timeout_s: float | None = None,
+    statement_timeout_s: float | None = None,
+    idle_timeout_s: float | None = None,
+) -> str:
+    """One statement bounding this transaction's waits (pooler-safe: ``set_config(.., true)`` is
+    ``SET LOCAL``, it ends with the transaction). A stricter limit the database or role already
+    sets is kept: these only tighten an unlimited or looser one."""
     parts = []
-    if lock_timeout_s is not None:
-        parts.append(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout_s * 1000))}")
-    if statement_timeout_s is not None:
-        parts.append(f"SET LOCAL statement_timeout = {max(1, int(statement_timeout_s * 1000))}")
-    return "; ".join(parts)
+    for name, seconds in (
+        ("lock_timeout", lock_timeout_s),
+        ("statement_timeout", statement_timeout_s),
+        ("idle_in_transaction_session_timeout", idle_timeout_s),
+    ):
+        if seconds is None:
+            continue
+        ms = max(1, int(seconds * 1000))
+        now = f"current_setting('{name}')"
+        parts.append(
+            f"set_config('{name}', CASE WHEN {now}::interval = interval '0' OR {now}::interval > interval '{ms} ms'"
+            f" THEN '{ms}' ELSE {now} END, true)"
+        )
+    return "SELECT " + ", ".join(parts)
 
 
 async def connect(

@@ -139,11 +139,26 @@ class PostgresSink:
 
     async def position(self, outbox_id: str) -> int:
         """Return the last seq of the newest ledger row of this outbox."""
-        value = await self.conn.fetchval(
-            f"SELECT last_seq FROM {self._table(LEDGER_TABLE)} WHERE outbox_id = $1 ORDER BY after_seq DESC LIMIT 1",
-            outbox_id,
+        text = await self._rows_text(
+            f"SELECT last_seq FROM {self._table(LEDGER_TABLE)} WHERE outbox_id = {_uuid_literal(outbox_id)}"
+            " ORDER BY after_seq DESC LIMIT 1"
         )
-        return int(value or 0)
+        return int(text or 0)
+
+    async def _rows_text(self, query: str) -> str:
+        """Run ``query`` as ``COPY (query) TO STDOUT``: its rows as text lines in one round trip.
+
+        asyncpg fetches rows only through a prepared statement, and with the statement cache off
+        (poolers) that is two round trips: prepare, then execute. A COPY is a simple query. So
+        ``query`` takes no parameters: callers format in only values checked here.
+        """
+        chunks: list[bytes] = []
+
+        async def take(data: bytes) -> None:
+            chunks.append(bytes(data))
+
+        await self.conn.copy_from_query(query, output=take)
+        return b"".join(chunks).decode().strip()
 
     async def send(self, batch: Batch, set_aside: SetAside) -> SendResult:
         """Deliver a batch: fast path first, careful path if a row is refused or already there."""
@@ -216,33 +231,27 @@ class PostgresSink:
                 )
         if not parts:
             return []
-        # One simple query counts what is missing (its status line): one round trip when nothing
-        # is, which is what verify expects; only then are the missing ids fetched.
-        query = " UNION ALL ".join(parts)
-        if await self.conn.execute(query) == "SELECT 0":
-            return []
-        found = {r[0] for r in await self.conn.fetch(query)}
+        found = set((await self._rows_text(" UNION ALL ".join(parts))).split())  # one round trip
         return [e for e in events if e.id in found]
 
     async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
         """Drop ledger rows older than the retention, always keeping the newest."""
-        ledger = self._table(LEDGER_TABLE)
-        await self.conn.execute(
-            f"DELETE FROM {ledger} WHERE outbox_id = $1"
-            " AND shipped_at < now() - make_interval(secs => $2)"
-            f" AND after_seq < (SELECT max(after_seq) FROM {ledger} WHERE outbox_id = $1)",
-            outbox_id,
-            float(retention_s),
+        ledger, oid = self._table(LEDGER_TABLE), _uuid_literal(outbox_id)
+        await self.conn.execute(  # a simple query: one round trip
+            f"DELETE FROM {ledger} WHERE outbox_id = {oid}"
+            f" AND shipped_at < now() - make_interval(secs => {float(retention_s)!r})"
+            f" AND after_seq < (SELECT max(after_seq) FROM {ledger} WHERE outbox_id = {oid})"
         )
 
     # -- internals -------------------------------------------------------------------------------
 
     def _preamble(self, batch: Batch) -> str:
         """The batch transaction's first statements: its time limits, then the lease's fence."""
-        settings = local_settings(lock_timeout_s=self._lock_timeout, statement_timeout_s=self._batch_timeout)
-        idle = f"SET LOCAL idle_in_transaction_session_timeout = {max(1, int(self._batch_timeout * 1000))}"
+        settings = local_settings(
+            lock_timeout_s=self._lock_timeout, statement_timeout_s=self._batch_timeout, idle_timeout_s=self._batch_timeout
+        )
         fence = "" if batch.lease is None else f"; {fence_sql(self.schema, batch.outbox_id, batch.lease)}"
-        return f"{settings}; {idle}{fence}"
+        return f"{settings}{fence}"
 
     async def _ledger(self, batch: Batch) -> bool:
         """Insert the batch's ledger row; False if that key is already taken (a repeat).
@@ -290,12 +299,12 @@ class PostgresSink:
             )
 
     async def _ledger_end(self, batch: Batch) -> int:
-        value = await self.conn.fetchval(
-            f"SELECT last_seq FROM {self._table(LEDGER_TABLE)} WHERE outbox_id = $1 AND after_seq = $2",
-            batch.outbox_id,
-            batch.after_seq,
+        return int(
+            await self._rows_text(
+                f"SELECT last_seq FROM {self._table(LEDGER_TABLE)}"
+                f" WHERE outbox_id = {_uuid_literal(batch.outbox_id)} AND after_seq = {int(batch.after_seq)}"
+            )
         )
-        return int(value)
 
     async def _array_types(self, table: Table) -> list[str]:
         """The table's columns' array types (``"pg_catalog"."jsonb"[]``, ...), asked once per connection."""
@@ -349,6 +358,10 @@ async def _rollback(conn: asyncpg.Connection) -> None:
             await conn.execute("ROLLBACK")
     except BaseException:
         conn.terminate()
+
+
+def _uuid_literal(value: str) -> str:
+    return f"'{uuid.UUID(value)}'"
 
 
 def _one_line(exc: BaseException) -> str:
