@@ -188,3 +188,31 @@ async def test_round_trips_are_few_and_counted(outbox_path: Path, pg_dsn: str) -
 
 async def _nothing(failures: object) -> None:
     raise AssertionError(f"nothing should be set aside: {failures}")
+
+
+async def test_a_frozen_migration_neither_blocks_current_tables_nor_hangs_a_drain(
+    tmp_path: Path, pg_dsn: str, subprocess_env: dict[str, str]
+) -> None:
+    """Another migrator holds the migration lock (frozen mid-migration): a drain on current tables
+    never waits for it, and on tables that need migrating gives up within --timeout."""
+    cli = Cli("script", subprocess_env)
+    other = await asyncpg.connect(pg_dsn)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT pg_advisory_xact_lock(x'4F42'::int, hashtext('public'))")
+        path = tmp_path / "a.db"
+        async with Outbox(path) as ob:
+            await ob.append("clicks", {"i": 1})
+        stuck = cli("shipper", "drain", "--outbox", str(path), "--dsn", pg_dsn, "--timeout", "2")
+        stuck.assert_one_error_line(4, "2 s")
+        await tx.rollback()
+        await migrate(pg_dsn)
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT pg_advisory_xact_lock(x'4F42'::int, hashtext('public'))")
+        done = cli("shipper", "drain", "--outbox", str(path), "--dsn", pg_dsn, "--timeout", "20")
+        assert done.code == 0 and done.stdout.startswith("shipped 1 event"), done.stderr
+        await tx.rollback()
+    finally:
+        await other.close()
