@@ -207,6 +207,9 @@ class PostgresSink:
         routed = route(events)
         result = SendResult(rejected=list(routed.refused), added=0)
         async with self.conn.transaction():
+            await self.conn.execute(
+                local_settings(lock_timeout_s=self._lock_timeout, idle_timeout_s=self._batch_timeout)
+            )
             for table in routed.tables:
                 refused, added = await self._upsert_counted(table)
                 result.rejected += refused
@@ -237,8 +240,8 @@ class PostgresSink:
     async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
         """Drop ledger rows older than the retention, always keeping the newest."""
         ledger, oid = self._table(LEDGER_TABLE), _uuid_literal(outbox_id)
-        await self.conn.execute(  # a simple query: one round trip
-            f"DELETE FROM {ledger} WHERE outbox_id = {oid}"
+        await self.conn.execute(  # a simple query: one round trip, its lock waits bounded
+            f"{local_settings(lock_timeout_s=self._lock_timeout)}; DELETE FROM {ledger} WHERE outbox_id = {oid}"
             f" AND shipped_at < now() - make_interval(secs => {float(retention_s)!r})"
             f" AND after_seq < (SELECT max(after_seq) FROM {ledger} WHERE outbox_id = {oid})"
         )
