@@ -4,13 +4,14 @@ Debian's ``pgbouncer`` package (``make test`` installs it where missing: ``.ci/e
 Started once per session on a free port with ``default_pool_size=2``, so that server connections
 are shared across clients and anything leaning on session state (named prepared statements,
 session advisory locks, ``SET``, temp tables) shows. It refuses to run as root, so as root it
-drops to the ``postgres`` user (``-u postgres``), which must be able to read its files and reach
-the server. Missing pgbouncer fails the tests loudly; they never skip.
+drops to a user (``-u``) that can read its files and reach the server: ``postgres`` for a TCP
+server, the socket directory's owner for a Unix socket. Missing pgbouncer fails the tests loudly; they never skip.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -48,6 +49,9 @@ class PgBouncer:
         query = parse_qs(parts.query)
         host = query.get("host", [parts.hostname or "127.0.0.1"])[0]
         self._server = f"host={host} port={parts.port or 5432}"
+        # As root it must drop to a user that can reach the server: through a Unix socket (the
+        # embedded server's lives in its own 0700 data directory), the directory's owner.
+        self._user = pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "postgres"
         self._pool_mode = pool_mode
         self._pool_size = pool_size
         self._dir = Path(tempfile.mkdtemp(prefix="outbox-pgbouncer-"))
@@ -79,11 +83,11 @@ class PgBouncer:
         for path in (users, ini):
             path.chmod(0o644)
         command = [_binary()]
-        if os.geteuid() == 0:
-            command += ["-u", "postgres"]
+        if os.geteuid() == 0 and self._user != "root":
+            command += ["-u", self._user]
             log = self._dir / "pgbouncer.log"
             log.touch()
-            shutil.chown(log, "postgres")
+            shutil.chown(log, self._user)
         self._proc = subprocess.Popen(command + [str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
