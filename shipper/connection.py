@@ -19,7 +19,9 @@ built-in types' oids without asking.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -67,6 +69,16 @@ def local_settings(
     return "SELECT " + ", ".join(parts)
 
 
+def _unreadable_tls_file(dsn: str) -> str | None:
+    """The sslrootcert/sslcert/sslkey the DSN names that cannot be read, if any."""
+    query = parse_qs(urlsplit(dsn).query) if "://" in dsn else {}
+    for key in ("sslrootcert", "sslcert", "sslkey"):
+        for path in query.get(key, []):
+            if not os.access(path, os.R_OK):
+                return f"{key}={path}"
+    return None
+
+
 async def connect(
     dsn: str, *, timeout: float = 10.0, command_timeout: float | None = None, **kwargs: Any
 ) -> asyncpg.Connection:
@@ -82,11 +94,10 @@ async def connect(
         )
     except (asyncio.TimeoutError, TimeoutError):
         raise ConnectError(f"Postgres at {where} did not answer within {timeout:g} s") from None
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        # sslrootcert/sslcert/sslkey naming a file that cannot be read: the DSN parsed, TLS cannot start
-        reason = f"cannot read {exc.filename}: {exc.strerror}" if exc.filename else (exc.strerror or str(exc))
-        raise DsnError(f"TLS set-up for {where} failed: {scrub(reason, dsn)}") from None
     except OSError as exc:
+        unreadable = _unreadable_tls_file(dsn) if isinstance(exc, (FileNotFoundError, PermissionError)) else None
+        if unreadable is not None:  # not the server away (a gone socket looks alike): retrying cannot help
+            raise DsnError(f"TLS set-up for {where} failed: cannot read {unreadable}: {exc.strerror}") from None
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise ConnectError(f"cannot reach Postgres at {where}: {scrub(reason, dsn)}") from None
     except asyncpg.InvalidAuthorizationSpecificationError as exc:
