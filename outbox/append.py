@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from . import schema
+from . import identity, schema
 from .errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFullError
 from .ids import uuid7
 from .payload import check_topic, encode_payload
@@ -161,8 +161,9 @@ class Outbox:
         try:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
-            self.outbox_id = schema.outbox_id_of(conn, self.path)
-            schema.check_shipped_within(conn, self.path, self.outbox_id)
+            schema.outbox_id_of(conn, self.path)  # a file with no id is damaged
+            self.outbox_id = identity.ensure_identity(conn, self.path)  # a copy forks here
+            schema.check_shipped_within(conn, self.path, self.outbox_id, identity.previous_ids(conn))
             if self.max_bytes is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('max_bytes', ?)", (str(self.max_bytes),)

@@ -96,8 +96,8 @@ def encode_payload(payload: object, max_bytes: int) -> tuple[str, int]:
         raise PayloadError(_in_fresh_stack(_explain, obj, exc)) from None
     # Nesting needs a bracket per level: a payload with few cannot be too deep (one C-speed
     # count, ~0.1 us for an ordinary event), so only a bracket-heavy one is walked.
-    if text.count("[") + text.count("{") > MAX_DEPTH and (problem := _too_deep(obj)):
-        raise PayloadError(problem)
+    if text.count("[") + text.count("{") > MAX_DEPTH and (deep := _too_deep(obj)):
+        raise PayloadError(deep)
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise PayloadError(_in_fresh_stack(_explain, obj, None))
     if text.isascii():

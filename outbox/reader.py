@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import aiosqlite
 
-from . import schema
+from . import identity, schema
 from .errors import OutboxClosedError, OutboxError
 
 __all__ = ["Event", "DeadLetter", "Status", "TopicStatus", "OutboxReader"]
@@ -165,12 +165,47 @@ class OutboxReader:
     def _prepare(self) -> str:
         events = schema.connect_events(self.path, create=self._create)
         try:
-            outbox_id = schema.outbox_id_of(events, self.path)
-            schema.check_shipped_within(events, self.path, outbox_id)
+            schema.outbox_id_of(events, self.path)  # a file with no id is damaged
+            try:
+                outbox_id = identity.ensure_identity(events, self.path)  # a copy forks here
+                previous = identity.previous_ids(events)
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path}: {exc}") from None
+            schema.check_shipped_within(events, self.path, outbox_id, previous)
         finally:
             events.close()
-        schema.connect_ship(self.path, outbox_id).close()
+        schema.connect_ship(self.path, outbox_id, previous).close()
         return outbox_id
+
+    async def fork(self, why: str) -> str:
+        """Take a new outbox id (the shipper found this file is a copy); return it.
+
+        Progress and dead letters stay: the side file is carried over to the new id.
+        """
+        def run() -> str:
+            events = schema.connect_events(self.path, create=False)
+            try:
+                outbox_id = identity.fork(events, self.path, why)
+                previous = identity.previous_ids(events)
+            finally:
+                events.close()
+            schema.connect_ship(self.path, outbox_id, previous).close()
+            return outbox_id
+
+        try:
+            self.outbox_id = await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: {exc}") from None
+        return self.outbox_id
+
+    async def last_unshipped_within(self, after: int, upto: int) -> Event | None:
+        """Return the last event with ``after < seq <= upto`` that is not a dead letter, if any."""
+        rows = await self._all(
+            f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND e.seq <= ? AND {_NOT_SET_ASIDE}"
+            " ORDER BY e.seq DESC LIMIT 1",
+            (after, upto),
+        )
+        return Event(*rows[0]) if rows else None
 
     async def close(self) -> None:
         """Close the connection."""

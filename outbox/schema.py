@@ -17,6 +17,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import NotAnOutboxError, OutboxCorruptError, OutboxError
@@ -180,17 +181,24 @@ def connect_events(
     return conn
 
 
-def connect_ship(path: str | os.PathLike[str], outbox_id: str) -> sqlite3.Connection:
+def connect_ship(
+    path: str | os.PathLike[str], outbox_id: str, previous: Sequence[str] = ()
+) -> sqlite3.Connection:
     """Open the shipper's side file of the outbox at ``path``, creating it if needed.
 
     A side file left over from another outbox (the events file was replaced) is moved aside
-    rather than trusted: its cursor would mark the new file's events as already shipped.
+    rather than trusted: its cursor would mark the new file's events as already shipped. One
+    of an id the outbox had before it forked (``previous``, see :mod:`outbox.identity`) is the
+    same file's and is carried over to the new id.
     """
     p = ship_path(path)
     conn = _connect(p, create=True, synchronous="NORMAL")
     try:
         _ensure(conn, p, _SHIP_DDL, SHIP_SCHEMA_VERSION, {"outbox_id": outbox_id})
         row = conn.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+        if row is not None and row[0] != outbox_id and row[0] in previous:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'outbox_id'", (outbox_id,))
+            row = (outbox_id,)
         if row is None or row[0] != outbox_id:
             conn.close()
             aside = p.with_name(f"{p.name}.orphan-{int(time.time())}")
@@ -198,7 +206,7 @@ def connect_ship(path: str | os.PathLike[str], outbox_id: str) -> sqlite3.Connec
                 src = Path(f"{p}{suffix}")
                 if src.exists():
                     src.rename(Path(f"{aside}{suffix}"))
-            return connect_ship(path, outbox_id)
+            return connect_ship(path, outbox_id, previous)
         conn.execute(
             "INSERT OR IGNORE INTO progress(one, cursor, updated_at) VALUES (1, 0, ?)",
             (time.time_ns() // 1000,),
@@ -239,7 +247,9 @@ def _check_not_emptied(path: Path) -> None:
         )
 
 
-def check_shipped_within(conn: sqlite3.Connection, path: str | os.PathLike[str], outbox_id: str) -> None:
+def check_shipped_within(
+    conn: sqlite3.Connection, path: str | os.PathLike[str], outbox_id: str, previous: Sequence[str] = ()
+) -> None:
     """Refuse an events file that ends below what its side file records as shipped.
 
     The row holding the highest seq is never deleted, so the file can only end below the
@@ -260,7 +270,7 @@ def check_shipped_within(conn: sqlite3.Connection, path: str | os.PathLike[str],
             ship.close()
     except sqlite3.Error:
         return  # a damaged side file is the shipper's to report; the events themselves are fine
-    if row is None or row[0] != outbox_id or row[1] is None:
+    if row is None or (row[0] != outbox_id and row[0] not in previous) or row[1] is None:
         return
     try:
         last = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])

@@ -23,6 +23,7 @@ from typing import Any
 from outbox import Outbox, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.maintenance import checkpoint, prune
 
+from . import forks
 from .errors import ConnectError, ShipperError, classify
 from .metrics import Metrics
 from .pgsink import PostgresSink
@@ -263,7 +264,8 @@ class Shipper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN"):
+                # damage no retry can mend (a file that lost its end): stop with one clear error
+                if isinstance(exc, OutboxCorruptError) or (isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN")):
                     self._fatal = exc
                     log.error("%s", exc)
                     return
@@ -278,6 +280,9 @@ class Shipper:
 
     async def _claim(self) -> bool:
         if not await self.sink.try_lease(self.reader.outbox_id):
+            # a VM clone of this file may hold it: forked, it has the lease of its own id
+            if await self._fork_if_not_ours(await self.reader.cursor(), await self.sink.position(self.reader.outbox_id)):
+                return False
             if not self._said_standby:
                 log.warning(
                     "another shipper holds the lease on outbox %s (%s): standing by, will take over if it stops",
@@ -292,13 +297,8 @@ class Shipper:
             self._said_standby = False
         remote = await self.sink.position(self.reader.outbox_id)
         local = await self.reader.cursor()
-        last = await self.reader.last_seq()
-        if remote > last:  # advancing to it would mark the next events appended as shipped
-            raise OutboxCorruptError(
-                f"outbox {self.path} has lost events: it ends at seq {last} but {self.where} already holds"
-                f" its events up to seq {remote} (was its -wal file deleted, or the file restored from an"
-                " older copy?); open it with Outbox(on_corrupt='quarantine') or move it aside"
-            )
+        if await self._fork_if_not_ours(local, remote):  # advancing would skip this file's own events
+            return False
         self._cursor = max(local, remote)
         if remote > local:
             await self.reader.advance(remote)
@@ -325,6 +325,10 @@ class Shipper:
             self._drop_prefetch()
             raise
         if result.already_shipped_to is not None:
+            why = await forks.batch_is_not_ours(self.sink, events, [e for e, _ in batch.routed.refused])
+            if why is not None:
+                await self._fork(why)
+                return 1
             log.warning(
                 "events of outbox %s after seq %d were already shipped (to seq %d) by another shipper;"
                 " skipping ahead -- is a second shipper running on %s?",
@@ -342,6 +346,21 @@ class Shipper:
         self._limit = min(self.batch_size, self._limit * 2)
         self._count(result.shipped, result.rejected, time.monotonic() - started)
         return len(events)
+
+    async def _fork_if_not_ours(self, local: int, remote: int) -> bool:
+        """Fork if the ledger's range past ``local`` is another file's (see :mod:`shipper.forks`)."""
+        why = None if remote <= local else await forks.ledger_is_not_ours(self.reader, self.sink, local, remote)
+        if why is not None:
+            await self._fork(why)
+        return why is not None
+
+    async def _fork(self, why: str) -> None:
+        """Take a new outbox id and start over under it, from the side file's cursor."""
+        await self.reader.fork(why)
+        self._drop_prefetch()
+        self._cursor = await self.reader.cursor()
+        self._connected = self._leader = False
+        await self.sink.close()  # lets go of the old id's lease: the other copy ships under it
 
     def _note_progress(self) -> None:
         """Note progress in the side file, never waiting for it, at most every ``_NOTE_EVERY_S``.
