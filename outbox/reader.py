@@ -361,10 +361,12 @@ class OutboxReader:
         )
 
     async def used_bytes(self) -> int:
-        """Return the bytes the events file's pages in use take (what ``max_bytes`` limits)."""
-        pages = int(await self._one("PRAGMA main.page_count"))
-        free = int(await self._one("PRAGMA main.freelist_count"))
-        return (pages - free) * int(await self._one("PRAGMA main.page_size"))
+        """Return what ``max_bytes`` limits: the events file's pages in use and every other file."""
+        rows = await self._all(
+            "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()),"
+            " (SELECT page_size FROM pragma_page_size())"
+        )
+        return int(rows[0][0]) * int(rows[0][1]) + schema.side_bytes(self.path)
 
     async def meta(self, key: str) -> str | None:
         """Return a value from the events file's meta table (e.g. ``max_bytes``)."""
@@ -520,10 +522,8 @@ class OutboxReader:
 
 
 def _bytes_on_disk(path: Path) -> int:
-    total = 0
-    for suffix in ("", "-wal", "-shm", "-ship", "-ship-wal", "-ship-shm"):
-        try:
-            total += os.stat(f"{path}{suffix}").st_size
-        except FileNotFoundError:
-            pass
-    return total
+    try:
+        main = os.stat(path).st_size
+    except FileNotFoundError:
+        main = 0
+    return main + schema.side_bytes(path)

@@ -27,6 +27,8 @@ __all__ = [
     "outbox_id_of",
     "SCHEMA_VERSION",
     "ship_path",
+    "side_bytes",
+    "SIDE_SUFFIXES",
     "connect_events",
     "connect_ship",
     "create_private_file",
@@ -67,6 +69,20 @@ CREATE TABLE IF NOT EXISTS dead (
 );
 CREATE INDEX IF NOT EXISTS dead_status ON dead(status);
 """
+
+
+SIDE_SUFFIXES = ("-wal", "-shm", "-ship", "-ship-wal", "-ship-shm")
+
+
+def side_bytes(path: str | os.PathLike[str]) -> int:
+    """Return the bytes the outbox's files other than the events file take (WALs, side file)."""
+    total = 0
+    for suffix in SIDE_SUFFIXES:
+        try:
+            total += os.stat(f"{os.fspath(path)}{suffix}").st_size
+        except FileNotFoundError:
+            pass
+    return total
 
 
 def ship_path(path: str | os.PathLike[str]) -> Path:
