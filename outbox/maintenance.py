@@ -71,6 +71,7 @@ async def checkpoint(reader: OutboxReader, *, truncate: bool = False) -> None:
     mode = "TRUNCATE" if truncate else "PASSIVE"
     try:
         await reader.db.execute(f"PRAGMA main.wal_checkpoint({mode})")
+        await reader.db.execute(f"PRAGMA ship.wal_checkpoint({mode})")  # the side file's notes, too
     except sqlite3.Error as exc:
         raise OutboxError(f"checkpoint of {reader.path} failed: {exc}") from None
 

@@ -27,6 +27,7 @@ from . import forks
 from .errors import ConnectError, ShipperError, classify
 from .metrics import Metrics
 from .pgsink import PostgresSink
+from .room import Room
 from .sink import Batch, Sink
 
 __all__ = ["Shipper", "ShipperStats"]
@@ -106,6 +107,7 @@ class Shipper:
         self._outbox = outbox
         self._metrics = Metrics(metrics_port) if metrics_port is not None else None
         self.reader = OutboxReader(self.path, create=True)
+        self._room = Room(self.reader)
         self.stats = ShipperStats()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -499,6 +501,8 @@ class Shipper:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self._housekeeping_interval
             await self._housekeeping()
+        if pruned := await self._room.keep():
+            log.debug("pruned %d shipped events from %s to stay under max_bytes", pruned, self.path)
         if self._metrics is not None and now >= self._next_gauges:
             self._next_gauges = now + 2.0
             status = await self.reader.status()
@@ -515,12 +519,9 @@ class Shipper:
         self._count(result.shipped, result.rejected, 0.0)
 
     async def _housekeeping(self) -> None:
-        """Prune shipped events past retention (or sooner when near max_bytes); checkpoint."""
+        """Prune shipped events past retention; checkpoint."""
         cutoff = time.time_ns() // 1000 - int(self.retention_s * 1e6)
-        pruned = await prune(self.reader, older_than_us=cutoff)
-        limit = await self.reader.meta("max_bytes")
-        if limit is not None and await self.reader.used_bytes() > int(limit) // 2:
-            pruned += await prune(self.reader, older_than_us=time.time_ns() // 1000 + 1)
+        pruned = await prune(self.reader, older_than_us=cutoff)  # room under max_bytes: self._room
         if pruned:
             log.info("pruned %d shipped events from %s", pruned, self.path)
         await checkpoint(self.reader)
