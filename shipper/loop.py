@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from outbox import Outbox, OutboxCorruptError, OutboxError, OutboxReader
+from outbox import Outbox, OutboxClosedError, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.maintenance import checkpoint, prune
 
 from . import forks
@@ -168,6 +168,10 @@ class Shipper:
             log.warning("stopped after %.1f s with %d events still pending; they stay in the outbox", deadline, pending)
         except ShipperError:
             pass  # already logged by the loop; stopping must still succeed
+        except asyncio.CancelledError:
+            task.cancel()  # the caller gave up waiting: the loop must end all the same
+            await asyncio.gather(task, return_exceptions=True)
+            raise
         finally:
             self._task = None
             await self._release()
@@ -267,7 +271,7 @@ class Shipper:
                 raise
             except Exception as exc:
                 # damage no retry can mend (a file that lost its end): stop with one clear error
-                if isinstance(exc, OutboxCorruptError) or (isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN")):
+                if isinstance(exc, (OutboxCorruptError, OutboxClosedError)) or (isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN")):
                     self._fatal = exc
                     log.error("%s", exc)
                     return
