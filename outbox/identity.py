@@ -24,7 +24,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 
-__all__ = ["file_identity", "ensure_identity", "fork", "previous_ids"]
+__all__ = ["file_identity", "ensure_identity", "fork", "previous_ids", "had_side_file", "note_side_file"]
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +122,14 @@ def _fork(conn: sqlite3.Connection, path: str | os.PathLike[str], why: str) -> s
         old,
     )
     return new
+
+
+def had_side_file(conn: sqlite3.Connection) -> bool:
+    """True if a shipper has made this outbox's side file before (so a missing one was lost)."""
+    return "side_file" in _meta(conn, "side_file")
+
+
+def note_side_file(conn: sqlite3.Connection) -> None:
+    """Record that the side file exists (once: later calls write nothing)."""
+    if not had_side_file(conn):
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('side_file', '1')")

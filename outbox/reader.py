@@ -168,13 +168,24 @@ class OutboxReader:
             schema.outbox_id_of(events, self.path)  # a file with no id is damaged
             try:
                 outbox_id = identity.ensure_identity(events, self.path)  # a copy forks here
+                if not schema.ship_path(self.path).exists() and identity.had_side_file(events):
+                    # its cursor and dead letters are gone: Postgres's ledger would skip the
+                    # dead letters as shipped. A new identity re-sends what the file holds,
+                    # and what Postgres refuses becomes a dead letter again.
+                    outbox_id = identity.fork(
+                        events, self.path, f"its side file {schema.ship_path(self.path)} (progress, dead letters) is missing"
+                    )
                 previous = identity.previous_ids(events)
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path}: {exc}") from None
             schema.check_shipped_within(events, self.path, outbox_id, previous)
+            schema.connect_ship(self.path, outbox_id, previous).close()
+            try:
+                identity.note_side_file(events)
+            except sqlite3.Error:
+                pass  # read-only: the next writer notes it
         finally:
             events.close()
-        schema.connect_ship(self.path, outbox_id, previous).close()
         return outbox_id
 
     async def fork(self, why: str) -> str:
