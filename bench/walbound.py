@@ -48,7 +48,8 @@ async def _outbox(stack: AsyncExitStack, path: Path, ev: Events, *, bounded: boo
     return LatencyMethod(key=key, label=label, is_async=True, call=call)
 
 
-# A sidecar's reads, in a process of its own: batches of 1,000 past a cursor on each outbox file,
+# A sidecar's reads, in a process of its own: batches of 1,000 past a cursor on each file (the
+# floor's too, so all three share the same load),
 # each read a short transaction, as the shipper's are. Its snapshots are what keep a PASSIVE
 # checkpoint from ever letting the WAL start over.
 _READER = """
@@ -82,7 +83,7 @@ async def run(ctx: Context) -> Section:
         ]
         ctx.log(f"  3 methods x {repeats} repeats x {rounds} rounds x {block} events, a reader process beside")
         reader = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _READER, str(workdir / "bounded.db"), str(workdir / "unbounded.db")
+            sys.executable, "-c", _READER, *(str(workdir / f"{name}.db") for name in ("bounded", "unbounded", "floor"))
         )
         try:
             samples = await interleaved(methods, repeats=repeats, rounds=rounds, block=block, log=ctx.log)
@@ -98,8 +99,8 @@ async def run(ctx: Context) -> Section:
             f" followed by `await asyncio.sleep(0)`; {repeats} repeats of {rounds} rounds of {block}-event"
             f" blocks, order rotating. The bounded outbox makes its WAL start over past"
             f" {WAL_BOUND_BYTES // MIB} MiB (PASSIVE, then RESTART, on its checkpoint thread); the"
-            " unbounded one is the same code with the bound switched off. A second process reads both"
-            " outbox files as a sidecar does (1,000 events past a cursor, every 2 ms)."
+            " unbounded one is the same code with the bound switched off. A second process reads all three"
+            " files as a sidecar does (1,000 events past a cursor, every 2 ms)."
         ),
     )
     rows = []
