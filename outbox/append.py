@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import identity, schema
-from .errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFullError
+from .errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFullError, disk_is_full
 from .ids import uuid7
 from .payload import check_topic, encode_payload
 
@@ -292,6 +292,9 @@ class Outbox:
             self._since_measure = 0
             if self._used_bytes > self.max_bytes:
                 self._used_bytes -= size + _ROW_OVERHEAD
+                # Room the shipper made by pruning is in the WAL until a checkpoint, and the WAL
+                # file counts: cut it back (refused appends write nothing that would).
+                self._start_checkpoint(truncate=True)
                 raise OutboxFullError(
                     f"outbox {self.path} is full: {self._used_bytes} bytes in use, limit {self.max_bytes}"
                     " (ship and prune events to make room)"
@@ -347,12 +350,12 @@ class Outbox:
 
     # -- checkpoints, off the command path ------------------------------------------------------
 
-    def _start_checkpoint(self) -> None:
+    def _start_checkpoint(self, *, truncate: bool = False) -> None:
         self._since_checkpoint = 0
         if self._worker is None or (self._checkpointing is not None and not self._checkpointing.done()):
             return
         loop = asyncio.get_running_loop()
-        self._checkpointing = self._worker.submit(self._checkpoint)
+        self._checkpointing = self._worker.submit(self._checkpoint, truncate)
         self._checkpointing.add_done_callback(_log_failure)
         self._checkpointing.add_done_callback(
             lambda _: loop.call_soon_threadsafe(loop.call_later, _CHASE_AFTER_S, self._chase)
@@ -363,7 +366,7 @@ class Outbox:
         if self._since_checkpoint and not self._closed:
             self._start_checkpoint()
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, truncate: bool = False) -> None:
         try:
             side = self._side
             if side is None:
@@ -374,7 +377,9 @@ class Outbox:
             # PASSIVE never blocks an appender. The WAL restarts from its start at the first
             # append after a checkpoint has caught up, i.e. after any pause in the appends...
             _, frames, _ = side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-            if frames * self._frame_bytes > self._wal_bound:
+            if truncate:  # full: the WAL file itself must shrink, now
+                side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            elif frames * self._frame_bytes > self._wal_bound:
                 # ... or, under sustained appends, after a RESTART: it holds appenders back while
                 # it copies what came since the PASSIVE and waits (briefly) for readers. Busy
                 # (a reader stayed): the next checkpoint tries again.
@@ -473,7 +478,7 @@ def _translate(exc: BaseException, path: Path) -> OutboxError:
     """Map a sqlite3 error onto the outbox's error tree, naming the file."""
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
-    if primary == _SQLITE_FULL:
+    if disk_is_full(exc, path):  # SQLITE_FULL, and the I/O errors a full disk causes (-shm growth)
         return OutboxFullError(f"the disk holding outbox {path} is full")
     if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return OutboxError(f"outbox {path} stayed locked by another writer for {schema.BUSY_TIMEOUT_MS} ms")

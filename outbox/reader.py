@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import aiosqlite
 
 from . import identity, schema
-from .errors import OutboxClosedError, OutboxError
+from .errors import OutboxClosedError, OutboxError, OutboxFullError, disk_is_full
 
 __all__ = ["Event", "DeadLetter", "Status", "TopicStatus", "OutboxReader"]
 
@@ -102,6 +102,7 @@ class Status:
 _EVENT_COLUMNS = "e.seq, e.id, e.topic, e.payload, e.created_at"
 _NOT_SET_ASIDE = "NOT EXISTS (SELECT 1 FROM ship.dead d WHERE d.seq = e.seq)"
 _PENDING = f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE} ORDER BY e.seq LIMIT ?"
+_WAL_KEEP_BYTES = 256 * 1024
 _INLINE_CHUNK = 256  # rows per step of an inline read: ~0.2 ms of the loop's time each
 _as_event = tuple.__new__  # Event(*row) without the Python-level __new__: half the cost
 _EVENT_TYPE = itertools.repeat(Event)
@@ -143,10 +144,13 @@ class OutboxReader:
             await db.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
             await db.execute("PRAGMA wal_autocheckpoint = 0")
             await db.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
+            # when this connection's write starts a WAL over, the file is cut back: max_bytes counts it
+            await db.execute(f"PRAGMA main.journal_size_limit = {_WAL_KEEP_BYTES}")
+            await db.execute(f"PRAGMA ship.journal_size_limit = {_WAL_KEEP_BYTES // 4}")
             inline = self._connect_inline()
         except sqlite3.Error as exc:
             await db.close()
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc, "cannot open outbox") from None
         self._db, self._inline = db, inline
         return self
 
@@ -177,7 +181,7 @@ class OutboxReader:
                     )
                 previous = identity.previous_ids(events)
             except sqlite3.Error as exc:
-                raise OutboxError(f"outbox {self.path}: {exc}") from None
+                raise _error(self.path, exc) from None
             schema.check_shipped_within(events, self.path, outbox_id, previous)
             schema.connect_ship(self.path, outbox_id, previous).close()
             try:
@@ -206,7 +210,7 @@ class OutboxReader:
         try:
             self.outbox_id = await asyncio.to_thread(run)
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
         return self.outbox_id
 
     async def last_unshipped_within(self, after: int, upto: int) -> Event | None:
@@ -260,20 +264,20 @@ class OutboxReader:
         try:
             return list(await self.db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
             async with self.db.execute(sql, params) as cur:
                 return int(cur.rowcount)
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
 
     async def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         try:
             await self.db.executemany(sql, rows)
         except sqlite3.Error as exc:  # a full disk, say: the shipper must see an OutboxError
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
 
     # -- shipping --------------------------------------------------------------------------------
 
@@ -315,7 +319,7 @@ class OutboxReader:
                 with contextlib.suppress(sqlite3.Error):  # closed under us: the error above says so
                     cur.close()  # ends the read transaction, even if cancelled halfway
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
         return events
 
     async def advance(self, cursor: int) -> None:
@@ -344,7 +348,7 @@ class OutboxReader:
                 rows,
             )
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
         return len(rows)
 
     async def read_retries(self, limit: int) -> list[Event]:
@@ -420,7 +424,7 @@ class OutboxReader:
             if db.in_transaction:
                 await db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise OutboxError(f"outbox {self.path}: {exc}") from None
+                raise _error(self.path, exc) from None
             raise
         return len(seqs)
 
@@ -538,3 +542,10 @@ def _bytes_on_disk(path: Path) -> int:
     except FileNotFoundError:
         main = 0
     return main + schema.side_bytes(path)
+
+
+def _error(path: Path, exc: sqlite3.Error, what: str = "outbox") -> OutboxError:
+    """Translate a sqlite3 error met reading or noting progress, naming the file."""
+    if disk_is_full(exc, path):
+        return OutboxFullError(f"the disk holding outbox {path} is full")
+    return OutboxError(f"{what} {path}: {exc}")

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import NotAnOutboxError, OutboxCorruptError, OutboxError
+from .errors import NotAnOutboxError, OutboxCorruptError, OutboxError, OutboxFullError, disk_is_full
 
 __all__ = [
     "APPLICATION_ID",
@@ -129,6 +129,8 @@ def _connect(path: Path, *, create: bool, synchronous: str) -> sqlite3.Connectio
 
 
 def _damaged(path: Path, exc: sqlite3.Error) -> OutboxError:
+    if disk_is_full(exc, path):
+        return OutboxFullError(f"the disk holding outbox {path} is full")
     text = str(exc)
     if "not a database" in text or "malformed" in text or "corrupt" in text:
         return OutboxCorruptError(f"outbox {path} is damaged or not a SQLite file ({text})")

@@ -27,7 +27,7 @@ from . import forks
 from .errors import ConnectError, ShipperError, classify
 from .metrics import Metrics
 from .pgsink import PostgresSink
-from .room import Room
+from .room import Room, open_when_room
 from .sink import Batch, Sink
 
 __all__ = ["Shipper", "ShipperStats"]
@@ -134,7 +134,8 @@ class Shipper:
         """Open the outbox and start shipping in the background."""
         if self._task is not None:
             return
-        await self.reader.open()
+        if not await open_when_room(self.reader, self._stop_requested):  # a full disk: wait, not exit
+            return
         if self._outbox is not None:
             self._outbox.add_listener(self._wake.set)
         if self._metrics is not None:
@@ -189,7 +190,8 @@ class Shipper:
     async def serve(self) -> None:
         """Ship until :meth:`request_stop`, then drain (up to ``stop_timeout``) and return."""
         await self.start()
-        assert self._task is not None
+        if self._task is None:  # stopped while waiting for room on a full disk
+            return
         stop_waiter = asyncio.ensure_future(self._stop_requested.wait())
         try:
             await asyncio.wait({self._task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,4 +1,4 @@
-"""Room under ``max_bytes``: prune shipped events as soon as the outbox nears its limit.
+"""Room on disk: prune shipped events as soon as the outbox nears ``max_bytes``; start on a full disk.
 
 Pruning used to run with the rest of the housekeeping, once a minute; with ``max_bytes=2 MiB``
 and a healthy sidecar, 11,368 of 20,000 appends at 1,000/s were refused as full although every
@@ -9,12 +9,16 @@ event at once: replay history is what gives way to room for new events.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
-from outbox import OutboxReader
+from outbox import OutboxFullError, OutboxReader
 from outbox.maintenance import checkpoint, prune
 
-__all__ = ["Room"]
+__all__ = ["Room", "open_when_room"]
+
+log = logging.getLogger(__name__)
 
 _LOOK_EVERY_S = 0.1
 _LIMIT_EVERY_S = 5.0  # the limit is the appenders' (meta.max_bytes); one may open with it later
@@ -46,3 +50,23 @@ class Room:
         if pruned:
             await checkpoint(self.reader)  # the freed pages are reused sooner once in the file
         return pruned
+
+
+async def open_when_room(reader: OutboxReader, stop: asyncio.Event, *, first_wait: float = 0.5, cap: float = 10.0) -> bool:
+    """Open ``reader``, waiting while its disk is full; False if ``stop`` is set first.
+
+    A sidecar started on a full disk used to exit, leaving the bot's backlog unshipped until
+    someone restarted it; shipping is what makes room (pruning), so it must outlast the full disk.
+    """
+    wait = first_wait
+    while True:
+        try:
+            await reader.open()
+            return True
+        except OutboxFullError as exc:
+            log.warning("%s; retrying in %.1f s, and starting as soon as there is room", exc, wait)
+        try:
+            await asyncio.wait_for(stop.wait(), wait)
+            return False
+        except asyncio.TimeoutError:
+            wait = min(cap, wait * 2)
