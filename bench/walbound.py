@@ -27,7 +27,9 @@ from .workload import TOPIC
 
 __all__ = ["run"]
 
-P50_LIMIT, P99_LIMIT = 1.5, 2.0  # the issue-2 targets, here under sustained load
+# The issue-2 targets (p50 <= 1.5x, p99 <= 2x the floor) are checked by section ``append``; here,
+# what the bound adds on top of the same code without it.
+COST_LIMITS = {"p50": 1.1, "p99": 1.25}
 MIB = 1024 * 1024
 
 
@@ -115,7 +117,7 @@ async def run(ctx: Context) -> Section:
             f"{peak[m.key] / MIB:.0f} MiB" if m.key in peak else "SQLite's autocheckpoint",
         ])
     section.tables.append(Table(title="Cost per event under sustained appends", headers=["method", "p50", "p99", "p99.9", "max", "largest -wal"], rows=rows))
-    checks, table = _checks(per)
+    checks, table = _checks(per, peak)
     section.tables.append(table)
     section.checks.extend(checks)
     section.raw = {"per_repeat": {k: [vars(s) for s in v] for k, v in per.items()}, "peak_wal_bytes": peak}
@@ -128,22 +130,34 @@ async def run(ctx: Context) -> Section:
     return section
 
 
-def _checks(per: dict[str, list[Summary]]) -> tuple[list[Check], Table]:
+def _checks(per: dict[str, list[Summary]], peak: dict[str, int]) -> tuple[list[Check], Table]:
     ours, before, floor = per["bounded"], per["unbounded"], per["floor"]
 
     def ratios(attr: str, over: list[Summary]) -> list[float]:
         return [getattr(o, attr) / getattr(f, attr) for o, f in zip(ours, over)]
 
-    p50, p99 = ratios("p50", floor), ratios("p99", floor)
-    rows = [
-        ["bounded p50 / floor p50", f"<= {P50_LIMIT:g}", fmt_ratio(median(p50)), fmt_range(p50, fmt_ratio)],
-        ["bounded p99 / floor p99", f"<= {P99_LIMIT:g}", fmt_ratio(median(p99)), fmt_range(p99, fmt_ratio)],
-    ]
+    rows = []
     for attr, name in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")):
         r = ratios(attr, before)
-        rows.append([f"bounded {name} / unbounded {name} (the bound's cost)", "", fmt_ratio(median(r)), fmt_range(r, fmt_ratio)])
+        limit = COST_LIMITS.get(attr)
+        rows.append([f"bounded {name} / unbounded {name} (the bound's cost)", f"<= {limit:g}" if limit else "", fmt_ratio(median(r)), fmt_range(r, fmt_ratio)])
+    for attr in ("p50", "p99"):
+        r = ratios(attr, floor)
+        rows.append([f"for reference: bounded {attr} / floor {attr} under this load", "", fmt_ratio(median(r)), fmt_range(r, fmt_ratio)])
     checks = [
-        Check(name=f"sustained append p50 <= {P50_LIMIT:g}x floor p50", passed=median(p50) <= P50_LIMIT, detail=fmt_ratio(median(p50))),
-        Check(name=f"sustained append p99 <= {P99_LIMIT:g}x floor p99", passed=median(p99) <= P99_LIMIT, detail=fmt_ratio(median(p99))),
+        Check(
+            name=f"the WAL bound costs append {attr} <= {limit:g}x",
+            passed=median(ratios(attr, before)) <= limit,
+            detail=fmt_ratio(median(ratios(attr, before))),
+        )
+        for attr, limit in COST_LIMITS.items()
     ]
+    wal = peak.get("bounded", 0)
+    checks.append(
+        Check(
+            name=f"largest -wal <= {WAL_BOUND_BYTES // MIB} MiB + 16 MiB",
+            passed=wal <= WAL_BOUND_BYTES + 16 * MIB,
+            detail=f"{wal / MIB:.0f} MiB (unbounded: {peak.get('unbounded', 0) / MIB:.0f} MiB)",
+        )
+    )
     return checks, Table(title="Ratios, each the median of the per-repeat ratios", headers=["ratio", "target", "measured", "over repeats"], rows=rows)
