@@ -90,29 +90,46 @@ def ship_path(path: str | os.PathLike[str]) -> Path:
     return Path(f"{os.fspath(path)}-ship")
 
 
-def create_private_file(path: Path) -> bool:
+def create_private_file(path: Path, like: Path | None = None) -> bool:
     """Create ``path`` empty with mode 0600 unless it exists; return True if it was created.
 
     SQLite gives its ``-wal`` and ``-shm`` files the mode of the main file, so this is the one
-    place that decides who can read the events.
+    place that decides who can read the events. A side file (``like`` the events file) gets the
+    events file's mode and, where this process may give it (root), its owner: ``outbox status``
+    run as root once left a root-owned ``-ship`` behind, and the bot's own user could no longer ship.
     """
+    mode, owner = 0o600, None
+    if like is not None:
+        try:
+            st = os.stat(like)
+            mode, owner = st.st_mode & 0o666, (st.st_uid, st.st_gid)
+        except OSError:
+            pass
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
     except FileExistsError:
         return False
     except OSError as exc:
         raise OutboxError(f"cannot create outbox file {path}: {exc.strerror}") from None
-    os.close(fd)
+    try:
+        os.fchmod(fd, mode)  # not narrowed by the umask
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, *owner)
+            except PermissionError:
+                pass  # not root: the file is ours, as the events file's own user would make it
+    finally:
+        os.close(fd)
     return True
 
 
-def _connect(path: Path, *, create: bool, synchronous: str) -> sqlite3.Connection:
+def _connect(path: Path, *, create: bool, synchronous: str, like: Path | None = None) -> sqlite3.Connection:
     if not create and not path.exists():
         raise OutboxError(f"no outbox at {path}")
     if path.is_dir():
         raise OutboxError(f"{path} is a directory, not an outbox file")
     if create:
-        create_private_file(path)
+        create_private_file(path, like)
     try:
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
@@ -210,7 +227,7 @@ def connect_ship(
     same file's and is carried over to the new id.
     """
     p = ship_path(path)
-    conn = _connect(p, create=True, synchronous="NORMAL")
+    conn = _connect(p, create=True, synchronous="NORMAL", like=Path(path))
     try:
         _ensure(conn, p, _SHIP_DDL, SHIP_SCHEMA_VERSION, {"outbox_id": outbox_id})
         row = conn.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
