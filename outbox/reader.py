@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import aiosqlite
 
-from . import identity, schema
+from . import identity, schema, shipclock
 from .errors import OutboxClosedError, OutboxError, OutboxFullError, disk_is_full
 
 __all__ = ["Event", "DeadLetter", "Status", "TopicStatus", "OutboxReader"]
@@ -323,11 +323,26 @@ class OutboxReader:
         return events
 
     async def advance(self, cursor: int) -> None:
-        """Record that everything up to ``cursor`` is shipped; never moves the cursor back."""
+        """Record that everything up to ``cursor`` is shipped; never moves the cursor back.
+
+        Also marks when (see :mod:`outbox.shipclock`): the latest mark moves up while it is
+        under a minute old, else a new one starts; retention counts from these marks.
+        """
+        wall, boot, boot_us = shipclock.now()
         await self._write(
-            "UPDATE ship.progress SET cursor = max(cursor, ?), updated_at = ? WHERE one = 1",
-            (cursor, _now_us()),
+            "UPDATE ship.progress SET cursor = max(cursor, ?), updated_at = ? WHERE one = 1", (cursor, wall)
         )
+        moved = await self._write(
+            "UPDATE ship.shipped_at SET cursor = ?, wall_us = ?, boot_us = ?"
+            " WHERE cursor = (SELECT max(cursor) FROM ship.shipped_at) AND cursor < ? AND boot = ? AND boot_us > ?",
+            (cursor, wall, boot_us, cursor, boot, boot_us - shipclock.MARK_EVERY_US),
+        )
+        if not moved:
+            await self._write(
+                "INSERT OR IGNORE INTO ship.shipped_at(cursor, wall_us, boot, boot_us)"
+                " SELECT ?, ?, ?, ? WHERE ? > (SELECT coalesce(max(cursor), -1) FROM ship.shipped_at)",
+                (cursor, wall, boot, boot_us, cursor),
+            )
 
     async def set_cursor(self, cursor: int) -> None:
         """Set the cursor exactly (operators' repair; the shipper uses :meth:`advance`)."""

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import shipclock
 from .errors import NotAnOutboxError, OutboxCorruptError, OutboxError, OutboxFullError, disk_is_full
 
 __all__ = [
@@ -246,6 +247,7 @@ def connect_ship(
             "INSERT OR IGNORE INTO progress(one, cursor, updated_at) VALUES (1, 0, ?)",
             (time.time_ns() // 1000,),
         )
+        shipclock.ensure(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise _damaged(p, exc) from None
