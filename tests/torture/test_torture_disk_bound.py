@@ -55,7 +55,9 @@ async def test_wal_stays_bounded_under_sustained_appends(
     tally.notes["appends"], tally.notes["wal_max_mib"] = len(acked), round(biggest / MIB, 1)
     tally.faults, tally.fault = 1, f"{seconds:g} s of appends flat out"
     await tally.settle(pg_dsn, acked, committed=outbox_ids(path))
-    assert biggest <= WAL_BOUND_BYTES + 16 * MIB, f"the -wal reached {biggest / MIB:.0f} MiB"
+    # the bound is met by the checkpoint thread: a flat-out appender adds what it appends while
+    # one checkpoint runs (at ~120 MB/s of WAL here, 10-20 MB)
+    assert biggest <= WAL_BOUND_BYTES + 32 * MIB, f"the -wal reached {biggest / MIB:.0f} MiB"
 
 
 @pytest.mark.parametrize("size", SIZES)

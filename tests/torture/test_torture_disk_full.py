@@ -147,11 +147,11 @@ async def test_started_on_a_full_disk(
     reports as "disk I/O error"). The bot must be told the disk is full, and the sidecar must wait
     for room and retry instead of exiting; once room is made, everything ships."""
     disk = tmp_path / "small"
-    mount_tmpfs(disk, "8m")
+    mount_tmpfs(disk, "16m")  # room for the WAL of the appends before (a 4 KB frame each)
     path = disk / "events.db"
     try:
         async with Outbox(path) as ob:
-            acked = [await ob.append("t", keyed("before", i)) for i in range(pick(size, 300, 3000))]
+            acked = [await ob.append("t", keyed("before", i)) for i in range(pick(size, 300, 1000))]
         heavy = ballast(disk, 0)
         with pytest.raises(OutboxFullError, match="is full"):
             async with Outbox(path):
