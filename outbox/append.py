@@ -108,7 +108,7 @@ class Outbox:
         self.max_payload_bytes = max_payload_bytes
         self.max_bytes = max_bytes
         # max_bytes covers the WAL too: bound it to a quarter, and checkpoint often enough for that
-        self._wal_bound = WAL_BOUND_BYTES if max_bytes is None else max(256 * 1024, min(WAL_BOUND_BYTES, max_bytes // 4))
+        self._wal_bound = WAL_BOUND_BYTES if max_bytes is None else max(64 * 1024, min(WAL_BOUND_BYTES, max_bytes // 4))
         self._checkpoint_every = max(1, checkpoint_every)
         if max_bytes is not None:
             self._checkpoint_every = min(self._checkpoint_every, max(16, self._wal_bound // (2 * 4096)))

@@ -130,6 +130,8 @@ class OutboxReader:
         self._db: aiosqlite.Connection | None = None
         self._inline: sqlite3.Connection | None = None  # read_pending's, on the loop's thread
         self._closed = False
+        self._side_missing = False  # only looking, and no side file yet: one in memory stands in
+        self._previous: list[str] = []
         self.outbox_id = ""
 
     async def open(self) -> OutboxReader:
@@ -143,7 +145,7 @@ class OutboxReader:
         try:
             await db.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
             await db.execute("PRAGMA wal_autocheckpoint = 0")
-            await db.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
+            await self._attach_ship(db)
             # when this connection's write starts a WAL over, the file is cut back: max_bytes counts it
             await db.execute(f"PRAGMA main.journal_size_limit = {_WAL_KEEP_BYTES}")
             await db.execute(f"PRAGMA ship.journal_size_limit = {_WAL_KEEP_BYTES // 4}")
@@ -160,16 +162,58 @@ class OutboxReader:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
-            conn.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
+            if self._side_missing:
+                conn.execute("ATTACH DATABASE ':memory:' AS ship")
+                conn.executescript(schema.empty_ship_script())
+            else:
+                conn.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
         except BaseException:
             conn.close()
             raise
         return conn
 
+    async def _materialize(self) -> None:
+        """Before a first write: make the real side file and attach it in place of the stand-in."""
+        if not self._side_missing:
+            return
+        outbox_id, previous = self.outbox_id, self._previous
+        await asyncio.to_thread(lambda: schema.connect_ship(self.path, outbox_id, previous).close())
+        self._side_missing = False
+        side = str(schema.ship_path(self.path))
+        try:
+            await self.db.execute("DETACH DATABASE ship")
+            await self.db.execute("ATTACH DATABASE ? AS ship", (side,))
+            await self.db.execute(f"PRAGMA ship.journal_size_limit = {_WAL_KEEP_BYTES // 4}")
+            if self._inline is not None:
+                self._inline.execute("DETACH DATABASE ship")
+                self._inline.execute("ATTACH DATABASE ? AS ship", (side,))
+        except sqlite3.Error as exc:
+            raise _error(self.path, exc) from None
+
+    async def _attach_ship(self, db: aiosqlite.Connection) -> None:
+        if not self._side_missing:
+            await db.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
+            return
+        # Only looking (create=False) at an outbox never shipped: an empty side file in memory,
+        # so `outbox status` and `export` create and change nothing (nothing has shipped, and
+        # there are no dead letters to list). The first write makes the real one (_materialize).
+        await db.execute("ATTACH DATABASE ':memory:' AS ship")
+        await db.executescript(schema.empty_ship_script())
+
     def _prepare(self) -> str:
         events = schema.connect_events(self.path, create=self._create)
         try:
-            schema.outbox_id_of(events, self.path)  # a file with no id is damaged
+            found = schema.outbox_id_of(events, self.path)  # a file with no id is damaged
+            if not self._create:
+                # only looking (status, export, dead list ...): no fork, no side file made; the
+                # shipper (create=True) and the appenders do those
+                previous = identity.previous_ids(events)
+                schema.check_shipped_within(events, self.path, found, previous)
+                self._side_missing = not schema.ship_path(self.path).exists()
+                self._previous = previous
+                if not self._side_missing:
+                    schema.connect_ship(self.path, found, previous).close()
+                return found
             try:
                 outbox_id = identity.ensure_identity(events, self.path)  # a copy forks here
                 if not schema.ship_path(self.path).exists() and identity.had_side_file(events):
@@ -267,6 +311,7 @@ class OutboxReader:
             raise _error(self.path, exc) from None
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        await self._materialize()
         try:
             async with self.db.execute(sql, params) as cur:
                 return int(cur.rowcount)
@@ -274,6 +319,7 @@ class OutboxReader:
             raise _error(self.path, exc) from None
 
     async def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._materialize()
         try:
             await self.db.executemany(sql, rows)
         except sqlite3.Error as exc:  # a full disk, say: the shipper must see an OutboxError
@@ -354,6 +400,7 @@ class OutboxReader:
         rows = [(ev.seq, ev.id, ev.topic, error, now) for ev, error in failures]
         if not rows:
             return 0
+        await self._materialize()
         try:
             await self.db.executemany(
                 "INSERT INTO ship.dead(seq, id, topic, error, status, attempts, failed_at)"
@@ -424,6 +471,7 @@ class OutboxReader:
     async def drop_dead(self, *, topic: str | None = None, ids: Sequence[str] = ()) -> int:
         """Delete dead letters and their events for good. Return how many."""
         where, params = self._dead_filter(topic, ids, ("dead", "retry"))
+        await self._materialize()
         db = self.db
         try:
             await db.execute("BEGIN IMMEDIATE")

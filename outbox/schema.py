@@ -86,6 +86,14 @@ def side_bytes(path: str | os.PathLike[str]) -> int:
     return total
 
 
+def empty_ship_script(name: str = "ship") -> str:
+    """SQL laying out an empty side file in the attached database ``name`` (a ``:memory:`` stand-in)."""
+    script = f"{_SHIP_DDL};{shipclock.DDL};INSERT INTO progress(one, cursor, updated_at) VALUES (1, 0, 0);"
+    script = script.replace("CREATE TABLE IF NOT EXISTS ", f"CREATE TABLE IF NOT EXISTS {name}.")
+    script = script.replace("CREATE INDEX IF NOT EXISTS ", f"CREATE INDEX IF NOT EXISTS {name}.")
+    return script.replace("INSERT INTO progress", f"INSERT INTO {name}.progress")
+
+
 def ship_path(path: str | os.PathLike[str]) -> Path:
     """Return the path of the shipper's side file for the outbox at ``path``."""
     return Path(f"{os.fspath(path)}-ship")
