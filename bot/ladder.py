@@ -4,7 +4,7 @@ Commands: ``/leaderboard [page]``, ``/profile [user]``, ``/queue join|leave|stat
 ``/setcountry country`` and ``/termsofservice``. Queueing and setting a country need the terms
 accepted first (a check that can fail); ``/setcountry`` raises on an unknown code and
 ``/queue join`` raises when already queued (commands that raise). None of them contains a line
-of logging: :func:`bot.log_commands` in :meth:`LadderBot.setup_hook` does it all.
+of logging: :func:`discord_outbox.log_commands` in :meth:`LadderBot.setup_hook` does it all.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any, Literal, TypeVar
 import discord
 from discord import app_commands
 
+from discord_outbox import CommandLog, log_commands
 from outbox import Outbox
-
-from .commandlog import CommandLog, log_commands
 
 __all__ = ["Ladder", "LadderBot", "LadderError", "LadderTree", "PlayerRecord", "COUNTRIES", "PAGE_SIZE"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import discord
 
-from bot.commandlog import CommandLog
+from discord_outbox import CommandLog
 from bot.ladder import LadderBot
 from bot.payloads import Player, Where, dispatch, slash
 from bot.standin import DiscordStandIn, Exchange, pointed_at
