@@ -17,7 +17,7 @@ from __future__ import annotations
 from outbox import Outbox, OutboxClosedError, OutboxError, OutboxFullError, PayloadError
 from shipper import ConnectError, InMemorySink, SchemaError, Shipper, ShipperError
 
-from .commandlog import TOPIC, CommandLog, CommandLogStats, command_and_options, log_commands, outcome_of
+from .commandlog import SUPPORTED, TOPIC, CommandLog, CommandLogStats, command_and_options, log_commands, outcome_of
 
 __all__ = [
     "Outbox",
@@ -28,6 +28,7 @@ __all__ = [
     "outcome_of",
     "command_and_options",
     "TOPIC",
+    "SUPPORTED",
     "InMemorySink",
     "OutboxError",
     "PayloadError",

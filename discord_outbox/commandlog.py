@@ -1,51 +1,54 @@
-"""Log every application command a discord.py ``CommandTree`` runs, with no code per command.
+"""Log every interaction a user has with a discord.py bot, with no code per command.
 
-One line in any discord.py 2.x bot, typically in ``setup_hook``::
+One line in any discord.py bot (2.3 or later, below 3), typically in ``setup_hook``::
 
-    log_commands(self.tree, outbox)
+    log_commands(self, outbox)        # the client: everything below
+    log_commands(self.tree, outbox)   # or only a tree's application commands
 
-Each slash command (and context menu) then becomes one ``command_calls`` event in the outbox:
-who ran it, the qualified name (``queue join``), its options (resolved objects reduced to ids),
-where, the outcome and how long the command took.
+Each slash command, context menu, prefix or hybrid command (on a ``commands.Bot``), button or
+select press and modal submission then becomes one ``command_calls`` event in the outbox: who,
+what (the qualified name, or the ``custom_id`` of a component or modal), its ``kind``
+(``slash|user|message|prefix|component|modal``), its options, where, the bot's
+``application_id``, the outcome (``ok``, ``check_failure``, ``command_error``, ``timeout``,
+``no_response``, ``interrupted``, ...) and how long it took. Where discord.py is tapped, and why
+there, is in :mod:`discord_outbox.taps`.
 
-How: the tree's ``_call`` coroutine, the single place through which discord.py 2.0 to 2.7 runs an
-application command (check, callback, error handlers), is wrapped on that tree instance only. It
-is the one point that sees a command start, end and fail, whatever tree subclass or error
-handlers the bot has; the public hooks miss cases (``interaction_check`` returning False fires
-neither completion nor ``on_error``) and ``on_app_command_completion`` arrives a task later. The
-error a command raised is read as it passes through ``tree.on_error``, which is tapped the same
-way (and re-tapped if the bot replaces it later with ``@tree.error``).
+The event is appended after the interaction has been answered, on its own task: the reply is never
+delayed, and the append itself is one SQLite insert (tens of microseconds). If the outbox fails
+(full, closed, disk error) the command is unaffected and the failure is logged at ERROR, at most
+once per ``error_interval_s`` with a count of the ones not shown.
 
-The event is appended after the command has answered, on the command's own task: the reply is
-never delayed, and the append itself is one SQLite insert (tens of microseconds). If the outbox
-fails (full, closed, disk error) the command is unaffected and the failure is logged at ERROR,
-at most once per ``error_interval_s`` with a count of the ones not shown.
+At shutdown nothing is lost: ``client.close()`` first waits up to ``shutdown_grace_s`` for the
+commands still running, then logs the rest ``interrupted``, so a bot that closes its outbox after
+``bot.close()`` (as ``async with bot`` then ``async with outbox`` does) keeps every row.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
 from outbox import Outbox, OutboxError
 
-__all__ = ["CommandLog", "CommandLogStats", "log_commands", "outcome_of", "command_and_options", "TOPIC"]
+from . import taps
+from .describe import app_kind, clean, command_and_options, component_and_options, context_and_options, outcome_of
+from .taps import Call
+
+__all__ = ["CommandLog", "CommandLogStats", "log_commands", "outcome_of", "command_and_options", "TOPIC", "SUPPORTED"]
 
 log = logging.getLogger(__name__)
 
 TOPIC = "command_calls"
-_SUBCOMMAND_TYPES = (1, 2)
-_ID_TYPES = (6, 7, 8, 9, 11)  # user, channel, role, mentionable, attachment: value is the id
-_UNKNOWN_INTERACTION = 10062  # Discord's code when an interaction was answered too late
+SUPPORTED = "discord.py 2.3 or later (below 3)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,23 +58,12 @@ class CommandLogStats:
     logged: int
     failed: int
     last_error: str | None
-
-
-class _Call:
-    """The command running on this task: where the error tap leaves what it saw."""
-
-    __slots__ = ("interaction", "error")
-
-    def __init__(self, interaction: discord.Interaction[Any]) -> None:
-        self.interaction = interaction
-        self.error: BaseException | None = None
-
-
-_current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("command_log_call", default=None)
+    interrupted: int = 0
+    running: int = 0
 
 
 class CommandLog:
-    """Append one event per application command run by a tree to an outbox.
+    """Append one event per command, component or modal interaction a bot runs to an outbox.
 
     Parameters
     ----------
@@ -81,82 +73,203 @@ class CommandLog:
         The event topic; ``command_calls`` lands in Postgres table ``command_calls``.
     error_interval_s:
         When appends keep failing, log at most one ERROR line per interval.
+    custom_id_key:
+        Turns a component's or modal's ``custom_id`` into the ``command`` logged, for dynamic ids
+        (``lambda cid: cid.split(":")[0]`` logs ``accept:12345`` as ``accept``; the raw id stays
+        in the options). ``None`` logs the id as it is.
+    shutdown_grace_s:
+        How long ``client.close()`` lets running commands finish before logging them ``interrupted``.
     """
 
-    def __init__(self, outbox: Outbox, *, topic: str = TOPIC, error_interval_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        topic: str = TOPIC,
+        error_interval_s: float = 60.0,
+        custom_id_key: Callable[[str], str] | None = None,
+        shutdown_grace_s: float = 2.0,
+    ) -> None:
         self.outbox = outbox
         self.topic = topic
         self.error_interval_s = error_interval_s
+        self.custom_id_key = custom_id_key
+        self.shutdown_grace_s = shutdown_grace_s
         self.timings: list[int] | None = None  # set to a list to collect each hook's own cost (ns)
         self._tree: app_commands.CommandTree[Any] | None = None
+        self._client: discord.Client | None = None
+        self._bot: commands.Bot | None = None  # listening for on_command_error
+        self._prefix = False
+        self._running: dict[Call, None] = {}
+        self._changed: asyncio.Event | None = None  # set while shutdown waits
         self._logged = 0
         self._failed = 0
+        self._interrupted = 0
         self._unreported = 0
         self._last_report = -math.inf
         self._last_error: str | None = None
 
     @property
     def stats(self) -> CommandLogStats:
-        """How many commands were logged and how many could not be."""
-        return CommandLogStats(logged=self._logged, failed=self._failed, last_error=self._last_error)
+        """How many calls were logged, could not be, were interrupted, and are running now."""
+        return CommandLogStats(
+            logged=self._logged,
+            failed=self._failed,
+            last_error=self._last_error,
+            interrupted=self._interrupted,
+            running=len(self._running),
+        )
 
     @property
     def attached(self) -> bool:
-        """True while the log is attached to a tree."""
-        return self._tree is not None
+        """True while the log is attached to a tree or a client."""
+        return self._tree is not None or self._client is not None
 
-    def attach(self, tree: app_commands.CommandTree[Any]) -> CommandLog:
-        """Start logging every application command ``tree`` runs; return self."""
-        if self._tree is not None:
-            raise RuntimeError("this CommandLog is already attached to a tree; detach it first")
-        inner = getattr(tree, "_call", None)
-        if not callable(inner):
-            raise TypeError(
-                f"{type(tree).__name__} has no _call coroutine; CommandLog supports discord.py 2.0 to 2.7"
-            )
-        if isinstance(inner, _CallWrapper):
-            raise RuntimeError("this tree already has a CommandLog attached")
-        setattr(tree, "_call", _CallWrapper(self, tree, inner))
-        self._tree = tree
-        self._tap_errors(tree)
+    def attach(self, target: discord.Client | app_commands.CommandTree[Any]) -> CommandLog:
+        """Start logging what ``target`` runs; return self.
+
+        A tree: its application commands. A client (``discord.Client``, ``commands.Bot``,
+        ``AutoShardedBot``): its tree's commands, its prefix and hybrid commands (a ``Bot``), and
+        its component and modal interactions.
+        """
+        if self.attached:
+            raise RuntimeError("this CommandLog is already attached; detach it first")
+        if isinstance(target, app_commands.CommandTree):
+            tree: app_commands.CommandTree[Any] | None = target
+            client = target.client
+        elif isinstance(target, discord.Client):
+            client = target
+            tree = getattr(client._connection, "_command_tree", None)
+        else:
+            raise TypeError(f"log_commands needs a discord.py CommandTree or Client ({SUPPORTED}), not {type(target).__name__}")
+        if client is target and client in taps.ui_logs:
+            raise RuntimeError("this client already has a CommandLog attached")
+        if tree is not None:
+            self._attach_tree(tree)
+        if isinstance(client, commands.Bot):
+            client.add_listener(self._on_command_error, "on_command_error")
+            self._bot = client
+        if client is target:
+            if isinstance(client, commands.Bot):
+                setattr(client, "invoke", taps.InvokeWrapper(self, client.invoke))
+                self._prefix = True
+            taps.patch_ui()
+            taps.ui_logs[client] = self
+        if not isinstance(vars(client).get("close"), taps.CloseHook):
+            setattr(client, "close", taps.CloseHook(self, client.close))
+        self._client = client
         return self
 
+    def _attach_tree(self, tree: app_commands.CommandTree[Any]) -> None:
+        inner = getattr(tree, "_call", None)
+        if not callable(inner):
+            raise TypeError(f"{type(tree).__name__} has no _call coroutine; CommandLog supports {SUPPORTED}")
+        if isinstance(inner, taps.CallWrapper):
+            raise RuntimeError("this tree already has a CommandLog attached")
+        setattr(tree, "_call", taps.CallWrapper(self, tree, inner))
+        self._tree = tree
+        self._tap_errors(tree)
+
     def detach(self) -> None:
-        """Stop logging; the tree runs commands exactly as before :meth:`attach`."""
+        """Stop logging; the tree and client run exactly as before :meth:`attach`."""
         tree, self._tree = self._tree, None
-        if tree is None:
+        client, self._client = self._client, None
+        if tree is not None:
+            call = vars(tree).get("_call")
+            if isinstance(call, taps.CallWrapper) and call.log is self:
+                taps.restore(tree, "_call", call.inner)
+            else:
+                log.warning("CommandLog.detach: %r wrapped again since attach; leaving its _call in place", tree)
+            tap = vars(tree).get("on_error")
+            if isinstance(tap, taps.ErrorTap) and tap.log is self:
+                taps.restore(tree, "on_error", tap.inner)
+        if client is None:
             return
-        call = vars(tree).get("_call")
-        if isinstance(call, _CallWrapper) and call.log is self:
-            _restore(tree, "_call", call.inner)
-        else:
-            log.warning("CommandLog.detach: %r wrapped again since attach; leaving its _call in place", tree)
-        tap = vars(tree).get("on_error")
-        if isinstance(tap, _ErrorTap) and tap.log is self:
-            _restore(tree, "on_error", tap.inner)
+        for name, kind in (("close", taps.CloseHook), ("invoke", taps.InvokeWrapper)):
+            hook = vars(client).get(name)
+            if isinstance(hook, kind) and hook.log is self:
+                taps.restore(client, name, hook.inner)
+        if taps.ui_logs.get(client) is self:
+            del taps.ui_logs[client]
+        if self._bot is not None:
+            self._bot.remove_listener(self._on_command_error, "on_command_error")
+            self._bot = None
+        self._prefix = False
 
     def _tap_errors(self, tree: app_commands.CommandTree[Any]) -> None:
         current = tree.on_error
-        if not (isinstance(current, _ErrorTap) and current.log is self):
-            setattr(tree, "on_error", _ErrorTap(self, current))
+        if not (isinstance(current, taps.ErrorTap) and current.log is self):
+            setattr(tree, "on_error", taps.ErrorTap(self, current))
+
+    async def _on_command_error(self, ctx: commands.Context[Any], error: commands.CommandError) -> None:
+        # A task of its own, created on the failing call's task: it inherits that call.
+        call = taps.current.get()
+        if call is not None and call.error is None and call.matches(ctx):
+            call.error = error
+
+    async def _run(self, call: Call, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run one call's coroutine on this task, then record it."""
+        running = self._running
+        running[call] = None
+        token = taps.current.set(call)
+        try:
+            await coro
+        except BaseException as exc:
+            if call.error is None:
+                call.error = exc  # CommandNotFound, signature mismatch: on_error runs after us
+            raise
+        finally:
+            taps.current.reset(token)
+            if call.error is None and self._bot is not None and call.failed():
+                await asyncio.sleep(0)  # on_command_error's listener task, already scheduled, runs first
+            try:
+                await self._record(call)
+            finally:
+                running.pop(call, None)
+                if self._changed is not None:
+                    self._changed.set()
+
+    async def shutdown(self, grace_s: float | None = None) -> int:
+        """Let running calls finish for up to ``grace_s``, then log the rest ``interrupted``.
+
+        Called by ``client.close()`` once attached; returns how many were interrupted. The calls
+        themselves are left running: if they finish later, they are not logged a second time.
+        """
+        me = taps.current.get()  # a command that closes the bot does not wait for itself
+        deadline = time.monotonic() + (self.shutdown_grace_s if grace_s is None else grace_s)
+        self._changed = changed = asyncio.Event()
+        try:
+            while any(c is not me for c in self._running) and (left := deadline - time.monotonic()) > 0:
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+        finally:
+            self._changed = None
+        stuck = [c for c in self._running if c is not me and not c.recorded]
+        for call in stuck:
+            await self._record(call, outcome="interrupted")
+        self._interrupted += len(stuck)
+        if stuck:
+            log.warning("%d commands still running at shutdown were logged as interrupted", len(stuck))
+        return len(stuck)
 
     async def record(self, interaction: discord.Interaction[Any], error: BaseException | None, elapsed_ns: int) -> None:
-        """Append the event for one finished command; never raises (failures are logged)."""
+        """Append the event for one finished application command; never raises (failures are logged)."""
+        call = Call("app", interaction)
+        call.error = error
+        call.start_ns = time.perf_counter_ns() - elapsed_ns
+        await self._record(call)
+
+    async def _record(self, call: Call, *, outcome: str | None = None) -> None:
+        if call.recorded:
+            return
+        call.recorded = True
         start = time.perf_counter_ns()
         name = "?"
         try:
-            name, options = command_and_options(interaction.data or {})
-            user = interaction.user
-            payload = {
-                "discord_uid": user.id,
-                "player_name": _clean(user.display_name),
-                "command": name,
-                "options": options,
-                "guild_id": interaction.guild_id,
-                "channel_id": interaction.channel_id,
-                "outcome": outcome_of(interaction, error),
-                "latency_ms": round(elapsed_ns / 1e6, 3),
-            }
+            name, payload = self._payload(call, outcome, start - call.start_ns)
             await self.outbox.append(self.topic, payload)
         except Exception as exc:  # noqa: BLE001 - logging must never break a command
             self._failed += 1
@@ -165,6 +278,40 @@ class CommandLog:
             self._logged += 1
         if self.timings is not None:
             self.timings.append(time.perf_counter_ns() - start)
+
+    def _payload(self, call: Call, outcome: str | None, elapsed_ns: int) -> tuple[str, dict[str, Any]]:
+        interaction, ctx = call.interaction, call.ctx
+        if ctx is not None:
+            name, options = context_and_options(ctx)
+            user: discord.abc.User = ctx.author
+            guild = ctx.guild
+            guild_id = guild.id if guild is not None else getattr(ctx.channel, "guild_id", None)
+            channel_id: int | None = ctx.channel.id
+            application_id = ctx.bot.application_id
+            kind = "prefix"
+        else:
+            assert interaction is not None
+            data: Any = interaction.data or {}
+            if call.kind == "app":
+                name, options = command_and_options(data)
+                kind = app_kind(data)
+            else:
+                name, options = component_and_options(data, self.custom_id_key)
+                kind = call.kind
+            user = interaction.user
+            guild_id, channel_id, application_id = interaction.guild_id, interaction.channel_id, interaction.application_id
+        return name, {
+            "discord_uid": user.id,
+            "player_name": clean(user.display_name),
+            "command": name,
+            "kind": kind,
+            "options": options,
+            "guild_id": guild_id,
+            "channel_id": channel_id,
+            "application_id": application_id,
+            "outcome": outcome or outcome_of(interaction, call.error, kind=kind),
+            "latency_ms": round(elapsed_ns / 1e6, 3),
+        }
 
     def _report(self, exc: Exception, command: str) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}"
@@ -181,125 +328,24 @@ class CommandLog:
             log.error("command /%s answered but was not logged: bug in the command log%s", command, more, exc_info=exc)
 
 
-class _CallWrapper:
-    """Stands in for ``tree._call``: run the command, time it, then record it."""
-
-    __slots__ = ("log", "tree", "inner")
-
-    def __init__(self, log: CommandLog, tree: app_commands.CommandTree[Any], inner: Any) -> None:
-        self.log = log
-        self.tree = tree
-        self.inner = inner
-
-    async def __call__(self, interaction: discord.Interaction[Any]) -> None:
-        if interaction.type is not discord.InteractionType.application_command:
-            await self.inner(interaction)  # autocomplete: not a command run
-            return
-        self.log._tap_errors(self.tree)
-        call = _Call(interaction)
-        token = _current.set(call)
-        start = time.perf_counter_ns()
-        escaped: BaseException | None = None
-        try:
-            await self.inner(interaction)
-        except BaseException as exc:
-            escaped = exc  # CommandNotFound, signature mismatch: on_error runs after us
-            raise
-        finally:
-            elapsed = time.perf_counter_ns() - start
-            _current.reset(token)
-            await self.log.record(interaction, call.error or escaped, elapsed)
-
-
-class _ErrorTap:
-    """Stands in for ``tree.on_error``: note the error for the running command, then pass it on."""
-
-    __slots__ = ("log", "inner")
-
-    def __init__(self, log: CommandLog, inner: Any) -> None:
-        self.log = log
-        self.inner = inner
-
-    async def __call__(self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError, /) -> None:
-        call = _current.get()
-        if call is not None and call.interaction is interaction and call.error is None:
-            call.error = error
-        await self.inner(interaction, error)
-
-
 def log_commands(
-    tree: app_commands.CommandTree[Any], outbox: Outbox, *, topic: str = TOPIC, error_interval_s: float = 60.0
+    bot_or_tree: discord.Client | app_commands.CommandTree[Any],
+    outbox: Outbox,
+    *,
+    topic: str = TOPIC,
+    error_interval_s: float = 60.0,
+    custom_id_key: Callable[[str], str] | None = None,
+    shutdown_grace_s: float = 2.0,
 ) -> CommandLog:
-    """Log every application command ``tree`` runs to ``outbox``; return the attached log."""
-    return CommandLog(outbox, topic=topic, error_interval_s=error_interval_s).attach(tree)
+    """Log every interaction ``bot_or_tree`` runs to ``outbox``; return the attached log.
 
-
-def outcome_of(interaction: discord.Interaction[Any], error: BaseException | None) -> str:
-    """Name how a command ended: ``ok``, ``check_failure``, ``command_error``, ``timeout``, ..."""
-    if error is None:
-        # interaction_check returned False: neither completion nor on_error fires
-        return "check_failure" if interaction.command_failed else "ok"
-    if isinstance(error, app_commands.CommandInvokeError):
-        original = error.original
-        if isinstance(original, (TimeoutError, asyncio.TimeoutError)):
-            return "timeout"
-        if isinstance(original, discord.NotFound) and original.code == _UNKNOWN_INTERACTION:
-            return "timeout"  # answered after Discord's 3 s deadline
-        return "command_error"
-    if isinstance(error, app_commands.CheckFailure):
-        return "check_failure"
-    if isinstance(error, app_commands.TransformerError):
-        return "transform_error"
-    if isinstance(error, app_commands.CommandNotFound):
-        return "not_found"
-    if isinstance(error, app_commands.CommandSignatureMismatch):
-        return "signature_mismatch"
-    if isinstance(error, asyncio.CancelledError):
-        return "cancelled"
-    if isinstance(error, app_commands.AppCommandError):
-        return "command_error"  # raised by the callback itself
-    return "error"
-
-
-def command_and_options(data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Return the qualified command name and its options (ids for resolved objects).
-
-    Read from the interaction's data rather than ``interaction.namespace``: it is there even
-    when the command was never found or a check ran before the namespace was built.
+    Given the client, everything: application commands, prefix and hybrid commands of a
+    ``commands.Bot``, buttons, selects and modals. Given a tree, its application commands.
     """
-    parts = [str(data.get("name", "?"))]
-    options: Sequence[Mapping[str, Any]] = data.get("options") or ()
-    while options and options[0].get("type") in _SUBCOMMAND_TYPES:
-        parts.append(str(options[0].get("name", "?")))
-        options = options[0].get("options") or ()
-    values: dict[str, Any] = {}
-    for opt in options:
-        value = opt.get("value")
-        if opt.get("type") in _ID_TYPES and isinstance(value, (str, int)) and str(value).isdigit():
-            value = int(value)
-        elif isinstance(value, str):
-            value = _clean(value)
-        elif isinstance(value, float) and not math.isfinite(value):
-            value = str(value)
-        values[_clean(str(opt.get("name", "?")))] = value
-    target = data.get("target_id")  # context menus: the user or message acted on
-    if target is not None and str(target).isdigit():
-        values["target"] = int(target)
-    return " ".join(parts), values
-
-
-def _clean(text: str) -> str:
-    """Make user-typed text storable in Postgres jsonb: no NUL, no lone surrogate."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    if not text.isascii():
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
-
-
-def _restore(tree: app_commands.CommandTree[Any], name: str, inner: Any) -> None:
-    """Put back what ``name`` was: the class's method (drop the instance attribute) or ``inner``."""
-    if getattr(inner, "__self__", None) is tree and getattr(inner, "__func__", None) is getattr(type(tree), name, None):
-        delattr(tree, name)
-    else:
-        setattr(tree, name, inner)
+    return CommandLog(
+        outbox,
+        topic=topic,
+        error_interval_s=error_interval_s,
+        custom_id_key=custom_id_key,
+        shutdown_grace_s=shutdown_grace_s,
+    ).attach(bot_or_tree)
