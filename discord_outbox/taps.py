@@ -52,8 +52,8 @@ class Call:
 
     def failed(self) -> bool:
         """discord.py marked the call failed (an error may still be on its way to a listener)."""
-        if self.ctx is not None:
-            return bool(self.ctx.command_failed)
+        if self.ctx is not None:  # an unknown command is reported without command_failed
+            return self.ctx.command is None or bool(self.ctx.command_failed)
         return self.interaction is not None and bool(self.interaction.command_failed)
 
     def matches(self, ctx: commands.Context[Any]) -> bool:
