@@ -160,11 +160,14 @@ def message(
     where: Where,
     member: dict[str, Any] | None = None,
     components: list[dict[str, Any]] | None = None,
+    interaction: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A message object (the ``d`` of a MESSAGE_CREATE, or the message a component sits on).
 
     ``author`` is a user object (:meth:`Player.user`, or the stand-in's ``bot_user``); in a guild
-    ``member`` is the author's member object without its ``user``.
+    ``member`` is the author's member object without its ``user``. ``interaction`` is the
+    ``{"id", "type", "name", "user"}`` of the command the message answered (discord.py 2.3 finds
+    a command's view by it).
     """
     payload: dict[str, Any] = {
         "id": str(snowflake()),
@@ -184,6 +187,8 @@ def message(
         "flags": 0,
         "components": components or [],
     }
+    if interaction is not None:
+        payload["interaction"] = interaction
     if where.guild_id is not None:
         payload["guild_id"] = str(where.guild_id)
         if member is not None:

@@ -74,7 +74,7 @@ class BotHarness:
             try:
                 await asyncio.wait_for(asyncio.shield(response), TIMEOUT)
             except asyncio.TimeoutError:
-                raise AssertionError(f"no response to /{payload['data']['name']} within {TIMEOUT} s") from None
+                raise AssertionError(f"no response to {payload['data'].get('name') or payload['data'].get('custom_id')} within {TIMEOUT} s") from None
         await self.settle()
         self.standin.forget(interaction_id)
         return self.standin.responses_to(interaction_id)
