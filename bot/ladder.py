@@ -202,7 +202,10 @@ def add_commands(tree: app_commands.CommandTree[Any], ladder: Ladder) -> None:
         view = ChallengeView(opponent.id)
         await interaction.response.send_message(f"{opponent.mention}, {interaction.user.display_name} challenges you", view=view)
         await view.wait()  # still running here when the bot shuts down: logged as interrupted
-        text = {True: "Challenge accepted: match on!", False: "Challenge declined."}.get(view.accepted, "Challenge expired.")
+        if view.accepted is None:
+            text = "Challenge expired."
+        else:
+            text = "Challenge accepted: match on!" if view.accepted else "Challenge declined."
         await interaction.followup.send(text)
 
 
