@@ -99,7 +99,6 @@ class CommandLog:
         self._tree: app_commands.CommandTree[Any] | None = None
         self._client: discord.Client | None = None
         self._bot: commands.Bot | None = None  # listening for on_command_error
-        self._prefix = False
         self._running: dict[Call, None] = {}
         self._changed: asyncio.Event | None = None  # set while shutdown waits
         self._logged = 0
@@ -134,6 +133,8 @@ class CommandLog:
         """
         if self.attached:
             raise RuntimeError("this CommandLog is already attached; detach it first")
+        if not (2, 3) <= tuple(discord.version_info[:2]) < (3, 0):
+            raise RuntimeError(f"log_commands supports {SUPPORTED}; this is discord.py {discord.__version__}")
         if isinstance(target, app_commands.CommandTree):
             tree: app_commands.CommandTree[Any] | None = target
             client = target.client
@@ -152,7 +153,6 @@ class CommandLog:
         if client is target:
             if isinstance(client, commands.Bot):
                 setattr(client, "invoke", taps.InvokeWrapper(self, client.invoke))
-                self._prefix = True
             taps.patch_ui()
             taps.ui_logs[client] = self
         if not isinstance(vars(client).get("close"), taps.CloseHook):
@@ -194,7 +194,6 @@ class CommandLog:
         if self._bot is not None:
             self._bot.remove_listener(self._on_command_error, "on_command_error")
             self._bot = None
-        self._prefix = False
 
     def _tap_errors(self, tree: app_commands.CommandTree[Any]) -> None:
         current = tree.on_error
