@@ -315,3 +315,52 @@ async def test_every_kind_ships_into_postgres(outbox_path: Path, pg_dsn: str) ->
 def test_attaching_twice_or_to_something_else_is_refused() -> None:
     with pytest.raises(TypeError, match=r"discord.py 2.3 or later \(below 3\)"):
         CommandLog(object()).attach(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(discord.ui, "DynamicItem"), reason="DynamicItem is new in discord.py 2.4")
+async def test_dynamic_items_are_components_too(outbox_path: Path) -> None:
+    class Ticket(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"ticket:(?P<id>[0-9]+)"):  # type: ignore[call-arg,misc]
+        def __init__(self, ticket_id: int) -> None:
+            super().__init__(discord.ui.Button(label="Close", custom_id=f"ticket:{ticket_id}"))
+            self.ticket_id = ticket_id
+
+        @classmethod
+        async def from_custom_id(cls, interaction: Any, item: Any, match: Any) -> Ticket:
+            return cls(int(match["id"]))
+
+        async def callback(self, interaction: discord.Interaction[Any]) -> None:
+            await interaction.response.send_message(f"closed ticket {self.ticket_id}")
+
+    def make(ob: Outbox) -> discord.Client:
+        bot = KindsBot(ob)
+        bot.add_dynamic_items(Ticket)
+        return bot
+
+    async with running_bot(outbox_path, make_bot=make) as h:
+        sent = await press(h, "ticket:77")
+        rows = await h.rows()
+    assert sent[0].content == "closed ticket 77"
+    assert [(r["command"], r["kind"], r["options"], r["outcome"]) for r in rows] == [
+        ("ticket", "component", {"custom_id": "ticket:77"}, "ok")
+    ]
+
+
+async def test_an_auto_sharded_bot_is_logged_the_same_way(outbox_path: Path) -> None:
+    def make(ob: Outbox) -> discord.Client:
+        bot = commands.AutoShardedBot(command_prefix="!", intents=discord.Intents(guilds=True), shard_count=1)
+
+        @bot.tree.command(description="ping")
+        async def ping(interaction: discord.Interaction[Any]) -> None:
+            await interaction.response.send_message("pong")
+
+        async def setup_hook() -> None:
+            bot.command_log = log_commands(bot, ob)  # type: ignore[attr-defined]
+
+        bot.setup_hook = setup_hook  # type: ignore[method-assign]
+        return bot
+
+    async with running_bot(outbox_path, make_bot=make) as h:
+        sent = await h.invoke("ping")
+        rows = await h.rows()
+    assert sent[0].content == "pong"
+    assert [(r["command"], r["kind"], r["outcome"]) for r in rows] == [("ping", "slash", "ok")]
