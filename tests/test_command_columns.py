@@ -7,7 +7,7 @@ from pathlib import Path
 import asyncpg
 
 from outbox import Outbox, OutboxReader
-from shipper import Shipper, migrate
+from shipper import SCHEMA_VERSION, Shipper, migrate
 
 ROW = {"discord_uid": 42, "player_name": "Zeke", "command": "accept", "options": {}, "outcome": "ok"}
 
@@ -29,8 +29,8 @@ async def test_migrate_adds_the_columns_nullable_and_rows_ship_into_them(outbox_
     conn = await asyncpg.connect(pg_dsn)
     try:
         await conn.execute(VERSION_1)
-        assert await migrate(pg_dsn) == 2
-        assert await migrate(pg_dsn) == 2  # idempotent
+        assert await migrate(pg_dsn) == SCHEMA_VERSION
+        assert await migrate(pg_dsn) == SCHEMA_VERSION  # idempotent
         columns = {
             r["column_name"]: (r["data_type"], r["is_nullable"])
             for r in await conn.fetch(
