@@ -308,7 +308,7 @@ class CommandLog:
             "guild_id": guild_id,
             "channel_id": channel_id,
             "application_id": application_id,
-            "outcome": outcome or outcome_of(interaction, call.error, kind=kind),
+            "outcome": outcome or outcome_of(interaction, call.error, kind=kind, refused=call.refused),
             "latency_ms": round(elapsed_ns / 1e6, 3),
         }
 

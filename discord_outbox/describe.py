@@ -46,16 +46,23 @@ def app_kind(data: Mapping[str, Any]) -> str:
     return _APP_KINDS.get(data.get("type", 1), "slash")
 
 
-def outcome_of(interaction: discord.Interaction[Any] | None, error: BaseException | None, *, kind: str = "slash") -> str:
+def outcome_of(
+    interaction: discord.Interaction[Any] | None,
+    error: BaseException | None,
+    *,
+    kind: str = "slash",
+    refused: bool = False,
+) -> str:
     """Name how a command ended: ``ok``, ``check_failure``, ``command_error``, ``no_response``, ...
 
-    ``interaction`` is None for a prefix command, which has no interaction to answer.
+    ``interaction`` is None for a prefix command, which has no interaction to answer;
+    ``refused`` when a view's or modal's ``interaction_check`` said no.
     """
     if error is not None:
         return outcome_of_error(error, kind=kind)
     if interaction is None:
         return "ok"
-    if interaction.command_failed:
+    if refused or interaction.command_failed:
         return "check_failure"  # interaction_check returned False: neither completion nor on_error fires
     if not interaction.response.is_done():
         return "no_response"  # the user sees "The application did not respond"

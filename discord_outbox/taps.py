@@ -9,8 +9,8 @@
 - Buttons, selects and modals: ``_scheduled_task`` of discord.py's views and modals, the task
   each component interaction or modal submission runs in. These are patched once on the classes
   (views are made per message, there is no instance to wrap beforehand); the patch passes
-  straight through unless the interaction's client has a log attached. A view's ``on_error`` is
-  tapped on the instance, since bots override it per view.
+  straight through unless the interaction's client has a log attached. A view's ``on_error`` and
+  ``interaction_check`` are tapped on the instance, since bots override them per view.
 - Shutdown: ``client.close``, wrapped on the instance, first gives the commands still running a
   short grace and logs the rest ``interrupted``, while the outbox is still open.
 
@@ -32,13 +32,13 @@ from discord.ext import commands
 if TYPE_CHECKING:
     from .commandlog import CommandLog
 
-__all__ = ["Call", "current", "CallWrapper", "ErrorTap", "InvokeWrapper", "CloseHook", "ui_logs", "patch_ui", "restore"]
+__all__ = ["Call", "current", "CallWrapper", "ErrorTap", "CheckTap", "InvokeWrapper", "CloseHook", "ui_logs", "patch_ui", "restore"]
 
 
 class Call:
     """One command, button press or modal submission being run, and what is known of it so far."""
 
-    __slots__ = ("kind", "interaction", "ctx", "error", "start_ns", "recorded")
+    __slots__ = ("kind", "interaction", "ctx", "error", "start_ns", "recorded", "refused")
 
     def __init__(
         self, kind: str, interaction: discord.Interaction[Any] | None = None, ctx: commands.Context[Any] | None = None
@@ -49,6 +49,7 @@ class Call:
         self.error: BaseException | None = None
         self.start_ns = time.perf_counter_ns()
         self.recorded = False
+        self.refused = False  # a view's or modal's interaction_check said no
 
     def failed(self) -> bool:
         """discord.py marked the call failed (an error may still be on its way to a listener)."""
@@ -101,6 +102,25 @@ class ErrorTap:
         await self.inner(interaction, error, *rest)
 
 
+class CheckTap:
+    """Stands in for a view's or modal's ``interaction_check``: note a refusal for the running call.
+
+    discord.py then returns without calling the callback, and tells no one.
+    """
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, interaction: discord.Interaction[Any], /) -> bool:
+        allowed = bool(await self.inner(interaction))
+        call = current.get()
+        if not allowed and call is not None and call.interaction is interaction:
+            call.refused = True
+        return allowed
+
+
 class InvokeWrapper:
     """Stands in for ``Bot.invoke``: run a prefix invocation inside a logged call."""
 
@@ -145,6 +165,9 @@ def _ui_task(inner: Any, kind: str, pos: int) -> Any:
         tap = getattr(self, "on_error", None)
         if tap is not None and not isinstance(tap, ErrorTap):
             setattr(self, "on_error", ErrorTap(None, tap))  # inert outside a logged call
+        check = getattr(self, "interaction_check", None)
+        if check is not None and not isinstance(check, CheckTap):
+            setattr(self, "interaction_check", CheckTap(check))
         await log._run(Call(kind, interaction), inner(self, *args))
         return None
 

@@ -60,7 +60,7 @@ async def test_challenge_buttons_are_logged_beside_the_command(outbox_path: Path
         rows = await h.rows()
     assert "not yours" in (wrong.content or "") and right.content == "Accepted."
     assert [(r["command"], r["kind"], r["discord_uid"], r["outcome"]) for r in rows] == [
-        ("challenge:accept", "component", ALICE.id, "ok"),  # refused by interaction_check, but answered
+        ("challenge:accept", "component", ALICE.id, "check_failure"),  # refused by the view's interaction_check
         ("challenge:accept", "component", BOB.id, "ok"),
         ("challenge", "slash", ALICE.id, "ok"),  # ends once answered: the follow-up went out
     ]
