@@ -26,6 +26,7 @@ commands still running, then logs the rest ``interrupted``, so a bot that closes
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -208,25 +209,32 @@ class CommandLog:
 
     async def _run(self, call: Call, coro: Coroutine[Any, Any, Any]) -> None:
         """Run one call's coroutine on this task, then record it."""
-        running = self._running
-        running[call] = None
-        token = taps.current.set(call)
+        token = self._begin(call)
         try:
             await coro
         except BaseException as exc:
             if call.error is None:
-                call.error = exc  # CommandNotFound, signature mismatch: on_error runs after us
+                call.error = exc
             raise
         finally:
-            taps.current.reset(token)
-            if call.error is None and self._bot is not None and call.failed():
-                await asyncio.sleep(0)  # on_command_error's listener task, already scheduled, runs first
-            try:
-                await self._record(call)
-            finally:
-                running.pop(call, None)
-                if self._changed is not None:
-                    self._changed.set()
+            await self._end(call, token)
+
+    def _begin(self, call: Call) -> contextvars.Token[Call | None]:
+        """Note ``call`` as running on this task (the hot path inlines :meth:`_run` around these)."""
+        self._running[call] = None
+        return taps.current.set(call)
+
+    async def _end(self, call: Call, token: contextvars.Token[Call | None]) -> None:
+        """Record ``call``, which has just ended on this task."""
+        taps.current.reset(token)
+        if call.error is None and self._bot is not None and call.failed():
+            await asyncio.sleep(0)  # on_command_error's listener task, already scheduled, runs first
+        try:
+            await self._record(call)
+        finally:
+            self._running.pop(call, None)
+            if self._changed is not None:
+                self._changed.set()
 
     async def shutdown(self, grace_s: float | None = None) -> int:
         """Let running calls finish for up to ``grace_s``, then log the rest ``interrupted``.

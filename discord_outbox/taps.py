@@ -79,8 +79,18 @@ class CallWrapper:
         if interaction.type is not discord.InteractionType.application_command:
             await self.inner(interaction)  # autocomplete: not a command run
             return
-        self.log._tap_errors(self.tree)
-        await self.log._run(Call("app", interaction), self.inner(interaction))
+        log = self.log
+        log._tap_errors(self.tree)
+        call = Call("app", interaction)
+        token = log._begin(call)  # CommandLog._run, inlined: one coroutine frame less on every resume
+        try:
+            await self.inner(interaction)
+        except BaseException as exc:
+            if call.error is None:
+                call.error = exc  # CommandNotFound, signature mismatch: on_error runs after us
+            raise
+        finally:
+            await log._end(call, token)
 
 
 class ErrorTap:
