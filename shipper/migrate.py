@@ -77,7 +77,22 @@ _STEPS: list[str] = [
         PRIMARY KEY (outbox_id, after_seq)
     );
     """,
-    # 2: the lease (a row that expires, not a session lock: poolers share sessions) and the fence
+    # 2: which kind of interaction a command row is, and which bot it came from (nullable: older
+    # rows have neither). The catalog is read first: a table that has them takes no ALTER lock.
+    """
+    DO $$
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'command_calls'::regclass
+                       AND attname = 'kind' AND NOT attisdropped) THEN
+            ALTER TABLE command_calls ADD COLUMN kind text;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'command_calls'::regclass
+                       AND attname = 'application_id' AND NOT attisdropped) THEN
+            ALTER TABLE command_calls ADD COLUMN application_id bigint;
+        END IF;
+    END $$;
+    """,
+    # 3: the lease (a row that expires, not a session lock: poolers share sessions) and the fence
     # each batch transaction calls first, which fails it with its own SQLSTATE when the caller
     # no longer holds the lease. FOR SHARE: a takeover waits for a batch in flight to end.
     f"""
@@ -117,6 +132,8 @@ _COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("outcome", "text"),
         ("latency_ms", "double precision"),
         ("created_at", "timestamptz"),
+        ("kind", "text"),
+        ("application_id", "bigint"),
     ),
 }
 

@@ -34,6 +34,8 @@ COMMAND_COLUMNS = (
     "outcome",
     "latency_ms",
     "created_at",
+    "kind",
+    "application_id",
 )
 _BIGINT = (-(2**63), 2**63 - 1)
 assert EVENT_COLUMNS == Event._fields[1:], "outbox_events rows are events without their seq"
@@ -91,7 +93,7 @@ def route(events: Sequence[Event]) -> Routed:
             continue
         try:
             commands.rows.append(command_row(event))
-        except ValueError as exc:
+        except Exception as exc:  # whatever one payload makes fail (RecursionError too) is a dead letter, never a retry
             refused.append((event, f"command_calls event refused: {exc}"))
             continue
         commands.events.append(event)
@@ -172,6 +174,8 @@ def command_row(event: Event) -> tuple[Any, ...]:
         _text(data.get("outcome"), "outcome"),
         latency_ms,
         event.created_at,
+        _text(data.get("kind"), "kind"),
+        _bigint(data.get("application_id"), "application_id"),
     )
 
 

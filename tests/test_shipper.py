@@ -71,7 +71,7 @@ async def test_events_route_to_their_tables_with_typed_columns(outbox_path: Path
 
 
 async def test_migrate_is_idempotent_and_versioned(pg_dsn: str) -> None:
-    assert await migrate(pg_dsn) == SCHEMA_VERSION
+    assert await migrate(pg_dsn) == SCHEMA_VERSION == 3
     assert await migrate(pg_dsn) == SCHEMA_VERSION
     conn = await asyncpg.connect(pg_dsn)
     try:
