@@ -15,6 +15,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,7 @@ from outbox import Outbox, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.maintenance import checkpoint, prune
 
 from .errors import ConnectError, ShipperError, classify
+from .routes import RouteError
 from .metrics import Metrics
 from .pgsink import PostgresSink
 from .sink import Batch, Sink
@@ -67,6 +69,10 @@ class Shipper:
         Serve Prometheus metrics on ``127.0.0.1:port``.
     stop_timeout:
         Seconds :meth:`stop` (and ``async with``'s exit) spends shipping what is pending.
+    routes:
+        ``{topic: table}``: topics that land in the user's own tables (:mod:`shipper.routes`).
+    pg_retention_s:
+        Drop whole Postgres partitions older than this (:mod:`shipper.partitions`); off by default.
     """
 
     def __init__(
@@ -84,6 +90,8 @@ class Shipper:
         backoff_base: float = 0.1,
         backoff_cap: float = 30.0,
         housekeeping_interval: float = 60.0,
+        routes: Mapping[str, str] | None = None,
+        pg_retention_s: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -92,7 +100,9 @@ class Shipper:
         if sink is None:
             if not dsn:
                 raise ValueError("give a dsn (or a sink) to ship to")
-            sink = PostgresSink(dsn)
+            sink = PostgresSink(dsn, routes=routes, pg_retention_s=pg_retention_s)
+        elif routes or pg_retention_s is not None:
+            raise ValueError("give routes and pg_retention_s to the sink itself")
         self.path = Path(outbox_path)
         self.sink = sink
         self.where = getattr(sink, "where", type(sink).__name__)
@@ -263,7 +273,9 @@ class Shipper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN"):
+                if (isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN")) or (
+                    isinstance(exc, RouteError) and not self.stats.batches
+                ):  # nothing a retry can mend: a route to a table that is not there is the user's to fix
                     self._fatal = exc
                     log.error("%s", exc)
                     return
@@ -399,7 +411,7 @@ class Shipper:
         events = await self.reader.read_pending(self._limit, after=after, on_loop=ahead)
         if not events:
             return None
-        batch = Batch(self.reader.outbox_id, after, events[-1].seq, events)
+        batch = Batch(self.reader.outbox_id, after, events[-1].seq, events, getattr(self.sink, "router", None))
         for table in batch.routed.tables:  # routed and encoded now, off the next send's critical path
             table.copy_text()
         return batch
