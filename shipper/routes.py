@@ -18,6 +18,7 @@ Rows are built in the shipper's read-ahead, so the send has nothing left to enco
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ import asyncpg
 from outbox import Event
 from outbox.payload import compact_json
 
+from .copyrows import Encoder, compile_encoder
 from .errors import Kind, SchemaError, classify
 from .migrate import COMMAND_TABLE, EVENT_TABLE
 from .rows import COMMAND_TOPIC, EVENT_COLUMNS, Routed, Table
@@ -92,12 +94,31 @@ class TableSpec:
     columns: tuple[Column, ...]
     conflict: tuple[str, ...] = ("id",)
     keyed: frozenset[str] = field(default=frozenset())  # columns filled from payload keys
+    encoders: dict[tuple[str, ...], Encoder] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(name: str, columns: Sequence[Column], conflict: Sequence[str]) -> TableSpec:
         """A spec whose ``keyed`` set is derived from the columns."""
         keyed = frozenset(c.name for c in columns if _fill(c) == _KEY)
         return TableSpec(name, tuple(columns), tuple(conflict), keyed)
+
+    def omitted(self, event: Event) -> tuple[str, ...] | None:
+        """The defaulted columns this event has no key for (None: its payload is unreadable)."""
+        try:
+            data = decode_payload(event.payload)
+        except (ValueError, RecursionError):
+            return None
+        if type(data) is not dict:
+            return None
+        return tuple(c.name for c in self.columns if c.has_default and _fill(c) == _KEY and c.name not in data)
+
+    def encoder(self, omitted: tuple[str, ...]) -> Encoder:
+        """The compiled COPY encoder for rows that leave ``omitted`` to their defaults."""
+        encode = self.encoders.get(omitted)
+        if encode is None:
+            written = [(c.name, _fill(c), c.is_array, c.has_default, c.type) for c in self.columns if c.name not in omitted]
+            encode = self.encoders[omitted] = compile_encoder(written, omitted)
+        return encode
 
 
 _ID, _CREATED, _PAYLOAD, _KEY = range(4)
@@ -169,7 +190,18 @@ class Router:
             spec = self.specs.get(name)
             if spec is None:  # no catalog read (an in-memory sink): the events, by table
                 routed.tables.append(Table(name, (), events=group, _rows=[]))
-            else:
+                continue
+            omitted = spec.omitted(group[0])  # rows of one route usually all have the same keys
+            if omitted is not None:
+                lines, done, group = spec.encoder(omitted)(group)
+                if done:
+                    kept = [c for c in spec.columns if c.name not in omitted]
+                    routed.tables.append(Table(
+                        spec.name, tuple(c.name for c in kept), events=done, _text="".join(lines).encode("utf-8"),
+                        conflict=spec.conflict, types=tuple(c.type for c in kept), spec=spec,
+                        make_rows=functools.partial(_rows_of, spec),
+                    ))
+            if group:  # what the compiled encoder left: defaults, refusals
                 text_tables(spec, group, routed)
         return routed
 
@@ -218,7 +250,7 @@ _MAX_US = 253_402_300_800_000_000  # 10000-01-01
 _scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-def _decode(text: str) -> Any:
+def decode_payload(text: str) -> Any:
     """``json.loads`` without its wrapper's regex passes (the outbox stores compact JSON)."""
     try:
         value, end = _scan(text, 0)
@@ -240,14 +272,14 @@ def _stamp(us: int) -> str:
     return moment.isoformat()
 
 
-def _array(value: list[Any]) -> str:
+def array_literal(value: list[Any]) -> str:
     """A JSON list as a Postgres array literal, for an array column."""
     parts = []
     for item in value:
         if item is None:
             parts.append("NULL")
         elif type(item) is list:
-            parts.append(_array(item))
+            parts.append(array_literal(item))
         else:
             text = _text(item)
             parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
@@ -276,7 +308,7 @@ def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
     last_second, prefix = -1, ""
     for event in events:
         try:
-            data = _decode(event.payload)
+            data = decode_payload(event.payload)
             if type(data) is not dict:
                 raise ValueError("the payload is not a JSON object")
             row: list[str | None] = []
@@ -289,7 +321,7 @@ def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
                     elif value is None or value is _MISSING:
                         row.append(None)
                     elif is_array and type(value) is list:
-                        row.append(_array(value))
+                        row.append(array_literal(value))
                     else:
                         row.append(_text(value))
                 elif fill == _ID:
@@ -318,6 +350,13 @@ def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
         table.rows.append(tuple(row))
         table.events.append(event)
     into.tables.extend(groups.values())
+
+
+def _rows_of(spec: TableSpec, events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """The text rows of events the compiled encoder wrote (for the careful path, rarely needed)."""
+    routed = Routed([], [])
+    text_tables(spec, events, routed)
+    return [row for table in routed.tables for row in table.rows]
 
 
 # -- the careful path and its errors -----------------------------------------------------------

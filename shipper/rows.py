@@ -9,7 +9,7 @@ Postgres converts to the columns' types, built in the shipper's read-ahead.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +57,13 @@ class Table:
     conflict: tuple[str, ...] = ("id",)  # the key ON CONFLICT names (with created_at when partitioned)
     types: tuple[str, ...] = ()  # a route's column types, for the careful path's casts
     spec: TableSpec | None = field(default=None, repr=False)
+    make_rows: Callable[[list[Event]], list[tuple[Any, ...]]] | None = field(default=None, repr=False)
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
         """One tuple per event, in :attr:`columns` order."""
+        if self._rows is None and self.make_rows is not None:
+            self._rows = self.make_rows(self.events)
         if self._rows is None:
             self._rows = [event[1:] for event in self.events]  # EVENT_COLUMNS: all but seq
         return self._rows
