@@ -13,6 +13,7 @@ in :mod:`shipper.routes`, which also says why it refuses one.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -73,33 +74,41 @@ def _inline(v: str, kind: str, is_array: bool) -> str:
     return f"{{{v} if {' or '.join(checks)} else field({v})}}"
 
 
-def compile_encoder(columns: Sequence[tuple[str, int, bool, bool, str]], absent: Sequence[str] = ()) -> Encoder:
-    """Compile the encoder for columns given as ``(name, fill, is_array, has_default, type)``.
+def compile_encoder(
+    columns: Sequence[tuple[str, int, bool, str]], absent: Sequence[str] = (), nulls: Sequence[str] = ()
+) -> Encoder:
+    """Compile the encoder for columns given as ``(name, fill, is_array, type)``.
 
     ``fill`` is 0 for the event's id, 1 for its time, 2 for the whole payload, 3 for a payload key.
-    ``absent`` are columns left out (their defaults apply): an event that has such a key belongs
-    to another group of rows, so it goes to the general path.
+    The keys a batch's first event has decide its shape, which the rest usually share: ``absent``
+    are columns left out (their defaults apply), ``nulls`` columns written as NULL; an event that
+    has one of those keys, or lacks one of the others, goes to the general path. The keys it has
+    are fetched in one ``itemgetter`` call.
     """
-    body, parts = [], []
-    for name in absent:
+    body, parts, fetched = [], [], []
+    for name in (*absent, *nulls):
         body.append(f"            if {name!r} in data:")
         body.append("                slow(ev)")
         body.append("                continue")
-    for i, (name, fill, is_array, has_default, kind) in enumerate(columns):
+    for i, (name, fill, is_array, kind) in enumerate(columns):
         if fill == 0:
             parts.append("{ev[1]}")
         elif fill == 1:
             parts.append("{prefix}.{micro:06d}+00")
         elif fill == 2:
             parts.append("{esc(ev[3])}")
+        elif name in nulls:
+            parts.append("\\\\N")
         else:
-            v = f"v{i}"
-            body.append(f"            {v} = get({name!r}, M)")
-            if has_default:
-                body.append(f"            if {v} is M:")
-                body.append("                slow(ev)")
-                body.append("                continue")
-            parts.append(_inline(v, kind, is_array))
+            fetched.append((f"v{i}", name))
+            parts.append(_inline(f"v{i}", kind, is_array))
+    if fetched:  # a missing key raises KeyError: that event goes to the general path
+        names = ", ".join(repr(name) for _, name in fetched)
+        targets = "".join(f"{v}, " for v, _ in fetched)
+        body.append(f"            {targets}= pick(data)" if len(fetched) > 1 else f"            {targets}= (pick(data),)")
+        pick = operator.itemgetter(*(name for _, name in fetched))
+    else:
+        pick = None
     line = "\\t".join(parts)
     source = "\n".join(
         [
@@ -113,7 +122,6 @@ def compile_encoder(columns: Sequence[tuple[str, int, bool, bool, str]], absent:
             "            if type(data) is not dict:",
             "                slow(ev)",
             "                continue",
-            "            get = data.get",
             *body,
             "            us = ev[4]",
             "            if type(us) is not int or not 0 <= us < MAX:",
@@ -142,6 +150,7 @@ def compile_encoder(columns: Sequence[tuple[str, int, bool, bool, str]], absent:
         "array_field": _array_field,
         "strftime": time.strftime,
         "gmtime": time.gmtime,
+        "pick": pick,
     }
     exec(compile(source, "<shipper.copyrows encoder>", "exec"), namespace)
     encode: Encoder = namespace["encode"]

@@ -102,22 +102,28 @@ class TableSpec:
         keyed = frozenset(c.name for c in columns if _fill(c) == _KEY)
         return TableSpec(name, tuple(columns), tuple(conflict), keyed)
 
-    def omitted(self, event: Event) -> tuple[str, ...] | None:
-        """The defaulted columns this event has no key for (None: its payload is unreadable)."""
+    def shape(self, event: Event) -> tuple[str, ...] | None:
+        """The payload-keyed columns this event has no key for (None: its payload is unreadable)."""
         try:
             data = decode_payload(event.payload)
         except (ValueError, RecursionError):
             return None
         if type(data) is not dict:
             return None
-        return tuple(c.name for c in self.columns if c.has_default and _fill(c) == _KEY and c.name not in data)
+        return tuple(c.name for c in self.columns if _fill(c) == _KEY and c.name not in data)
 
-    def encoder(self, omitted: tuple[str, ...]) -> Encoder:
-        """The compiled COPY encoder for rows that leave ``omitted`` to their defaults."""
-        encode = self.encoders.get(omitted)
+    def omitted(self, missing: tuple[str, ...]) -> tuple[str, ...]:
+        """Of the ``missing`` keys, the columns left to their defaults (the rest are NULL)."""
+        return tuple(c.name for c in self.columns if c.has_default and c.name in missing)
+
+    def encoder(self, missing: tuple[str, ...]) -> Encoder:
+        """The compiled COPY encoder for events whose payloads lack exactly the ``missing`` keys."""
+        encode = self.encoders.get(missing)
         if encode is None:
-            written = [(c.name, _fill(c), c.is_array, c.has_default, c.type) for c in self.columns if c.name not in omitted]
-            encode = self.encoders[omitted] = compile_encoder(written, omitted)
+            omitted = self.omitted(missing)
+            written = [(c.name, _fill(c), c.is_array, c.type) for c in self.columns if c.name not in omitted]
+            nulls = [name for name in missing if name not in omitted]
+            encode = self.encoders[missing] = compile_encoder(written, omitted, nulls)
         return encode
 
 
@@ -191,9 +197,10 @@ class Router:
             if spec is None:  # no catalog read (an in-memory sink): the events, by table
                 routed.tables.append(Table(name, (), events=group, _rows=[]))
                 continue
-            omitted = spec.omitted(group[0])  # rows of one route usually all have the same keys
-            if omitted is not None:
-                lines, done, group = spec.encoder(omitted)(group)
+            missing = spec.shape(group[0])  # the events of one route usually all have the same keys
+            if missing is not None:
+                omitted = spec.omitted(missing)
+                lines, done, group = spec.encoder(missing)(group)
                 if done:
                     kept = [c for c in spec.columns if c.name not in omitted]
                     routed.tables.append(Table(
