@@ -36,6 +36,8 @@ COMMAND_COLUMNS = (
     "outcome",
     "latency_ms",
     "created_at",
+    "kind",
+    "application_id",
 )
 assert EVENT_COLUMNS == Event._fields[1:], "outbox_events rows are events without their seq"
 
