@@ -27,7 +27,7 @@ from .dsn import connect, redact_dsn
 from .migrate import EVENT_TABLE, LEDGER_TABLE, ensure_schema
 from .pgcopy import copy_with_statements
 from .partitions import Partitions
-from .routes import Router, insert_text, refusal_kind
+from .routes import Router, column_at_fault, insert_text, refusal_kind
 from .rows import Table
 from .sink import Batch, SendResult, SetAside
 
@@ -304,7 +304,8 @@ class PostgresSink:
             if refusal_kind(exc, [table]) != "row":
                 raise
             if len(rows) == 1:
-                return [(events[0], _one_line(exc))]
+                where = await column_at_fault(conn, table, rows[0], exc) if table.spec is not None else ""
+                return [(events[0], where + _one_line(exc))]
             mid = len(rows) // 2
             return await self._upsert(table, rows[:mid], events[:mid], added) + await self._upsert(
                 table, rows[mid:], events[mid:], added

@@ -35,7 +35,18 @@ from .errors import Kind, SchemaError, classify
 from .migrate import COMMAND_TABLE, EVENT_TABLE
 from .rows import COMMAND_TOPIC, EVENT_COLUMNS, Routed, Table
 
-__all__ = ["Column", "TableSpec", "Router", "RouteError", "quote_ident", "qualify", "parse_routes", "insert_text", "refusal_kind"]
+__all__ = [
+    "Column",
+    "TableSpec",
+    "Router",
+    "RouteError",
+    "quote_ident",
+    "qualify",
+    "parse_routes",
+    "insert_text",
+    "refusal_kind",
+    "column_at_fault",
+]
 
 # NOT NULL columns of command_calls, for sinks that have no catalog to read (InMemorySink).
 COMMAND_REQUIRED = ("discord_uid", "command")
@@ -381,6 +392,22 @@ async def insert_text(conn: asyncpg.Connection, schema: str, table: Table, rows:
         *([list(values) for values in zip(*rows)] or [[] for _ in table.columns]),
     )
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def column_at_fault(conn: asyncpg.Connection, table: Table, row: Sequence[Any], exc: BaseException) -> str:
+    """``"column NAME: "`` for the value Postgres could not convert (a cast error does not say
+    which); found by casting the refused row's values one by one, each in a savepoint."""
+    if not str(getattr(exc, "sqlstate", "")).startswith("22"):
+        return ""  # a constraint's message already names what it checks
+    for name, kind, value in zip(table.columns, table.types, row):
+        if value is None:
+            continue
+        try:
+            async with conn.transaction():
+                await conn.fetchval(f"SELECT $1::text::{kind}", value)
+        except asyncpg.DataError:
+            return f"column {name}: "
+    return ""
 
 
 def refusal_kind(exc: BaseException, tables: Sequence[Table]) -> Kind:

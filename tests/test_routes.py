@@ -82,6 +82,7 @@ async def test_payload_keys_fill_typed_columns_and_refused_rows_become_dead_lett
     assert int(row["created_at"].timestamp() * 1_000_000) == created[ok]
     assert set(dead) == {wrong_type, bad_int, no_winner}
     assert 'invalid input syntax for type bigint: "not a number"' in dead[wrong_type] and "22P02" in dead[wrong_type]
+    assert dead[wrong_type].startswith("column winner: ") and dead[bad_int].startswith("column score: ")
     assert "integer" in dead[bad_int] and "2.5" in dead[bad_int]
     assert 'null value in column "winner"' in dead[no_winner] and "23502" in dead[no_winner]
 
