@@ -124,6 +124,7 @@ class Partitions:
         self.retention_s = retention_s
         self.periods: dict[str, str] = {}
         self.bounds: dict[str, list[tuple[str, int, int]]] = {}
+        self._warned: set[str] = set()
 
     async def load(self, conn: asyncpg.Connection, tables: Sequence[str]) -> None:
         """Read which of ``tables`` are partitioned, by what period, and their partitions."""
@@ -179,13 +180,24 @@ class Partitions:
         now = time.time_ns() // 1000 if now_us is None else now_us
         dropped: list[str] = []
         for table, period in self.periods.items():
-            starts, start = [], period_start(period, now)
-            for _ in range(_AHEAD[period] + 1):
-                starts.append(start)
-                start = period_end(period, start)
-            await self.create(conn, table, starts)
-            if self.retention_s is None:
-                continue
+            try:
+                dropped += await self._keep(conn, table, period, now)
+            except asyncpg.InsufficientPrivilegeError as exc:  # a DML-only role: say so, keep shipping
+                if table not in self._warned:
+                    self._warned.add(table)
+                    log.warning("cannot manage the partitions of %s (%s): run `shipper migrate` as the owner", table, exc)
+        if dropped:
+            log.info("dropped %d partition(s) past retention: %s", len(dropped), ", ".join(dropped))
+        return dropped
+
+    async def _keep(self, conn: asyncpg.Connection, table: str, period: str, now: int) -> list[str]:
+        starts, start = [], period_start(period, now)
+        for _ in range(_AHEAD[period] + 1):
+            starts.append(start)
+            start = period_end(period, start)
+        await self.create(conn, table, starts)
+        dropped: list[str] = []
+        if self.retention_s is not None:
             cutoff = now - int(self.retention_s * 1e6)
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
@@ -195,8 +207,6 @@ class Partitions:
                         await conn.execute(f"DROP TABLE IF EXISTS {qualify(self.schema, name)}")
                         dropped.append(name)
             self.bounds.update(await _bounds(conn, self.schema, [table]))
-        if dropped:
-            log.info("dropped %d partition(s) past retention: %s", len(dropped), ", ".join(dropped))
         return dropped
 
 
