@@ -14,7 +14,7 @@ import pytest
 
 from outbox import Outbox, OutboxReader
 from outbox.maintenance import import_records
-from shipper import PostgresSink, SchemaError, Shipper, migrate
+from shipper import SCHEMA_VERSION, PostgresSink, SchemaError, Shipper, migrate
 from shipper.partitions import period_end, period_start
 
 DAY_US = 86_400_000_000
@@ -70,8 +70,8 @@ async def test_migrate_partitions_the_built_in_tables(pg_dsn: str) -> None:
         assert len(made) == 3, made  # this month and two ahead
         key = await scalar(pg_dsn, f"SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = '{table}_pkey'")
         assert key == "PRIMARY KEY (id, created_at)"
-    assert await migrate(pg_dsn, partition="monthly") == 1  # again: nothing to do
-    assert await migrate(pg_dsn) == 1  # and a plain migrate leaves them partitioned
+    assert await migrate(pg_dsn, partition="monthly") == SCHEMA_VERSION  # again: nothing to do
+    assert await migrate(pg_dsn) == SCHEMA_VERSION  # and a plain migrate leaves them partitioned
     with pytest.raises(SchemaError, match="already partitioned monthly"):
         await migrate(pg_dsn, partition="daily")
 
