@@ -330,9 +330,13 @@ def migrate(dsn: str, partition: str | None, move_rows: bool) -> None:
     `shipper run` and `shipper drain` do this on first use too; run it yourself when the bot's
     database user may not create tables.
 
+    With --partition, outbox_events and command_calls are partitioned by created_at; tables that
+    already hold rows are refused unless --move-rows (docs/SCALING.md).
+
     \b
     Examples:
       shipper migrate --dsn postgresql://admin:secret@db/bot
+      shipper migrate --dsn postgresql://admin:secret@db/bot --partition monthly
     """
     if move_rows and partition is None:
         raise click.UsageError("--move-rows goes with --partition monthly|weekly|daily")
