@@ -9,7 +9,8 @@ Careful path, when the fast one hits a row Postgres refuses or an id it already 
 an import): in one transaction, the ledger row, then each table's rows COPYed into a temporary
 staging table and moved with ``INSERT .. ON CONFLICT (id) DO NOTHING`` inside a savepoint. A
 refused chunk is bisected, savepoint by savepoint, down to the rows at fault; those are handed to
-``set_aside`` before the commit and the rest ship.
+``set_aside`` before the commit and the rest ship. A route's rows (:mod:`shipper.routes`) take
+no staging table: they are inserted as text with Postgres's casts (:mod:`shipper.refusals`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .dsn import connect, redact_dsn
 from .migrate import EVENT_TABLE, LEDGER_TABLE, ensure_schema
 from .pgcopy import copy_with_statements
 from .partitions import Partitions
-from .routes import Router, column_at_fault, insert_text, refusal_kind
+from .refusals import column_at_fault, insert_text, refusal_kind
+from .routes import Router
 from .rows import Table
 from .sink import Batch, SendResult, SetAside
 

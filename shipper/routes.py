@@ -32,7 +32,7 @@ from outbox import Event
 from outbox.payload import compact_json
 
 from .copyrows import Encoder, compile_encoder
-from .errors import Kind, SchemaError, classify
+from .errors import SchemaError
 from .migrate import COMMAND_TABLE, EVENT_TABLE
 from .rows import COMMAND_TOPIC, EVENT_COLUMNS, Routed, Table
 
@@ -44,9 +44,6 @@ __all__ = [
     "quote_ident",
     "qualify",
     "parse_routes",
-    "insert_text",
-    "refusal_kind",
-    "column_at_fault",
 ]
 
 # NOT NULL columns of command_calls, for sinks that have no catalog to read (InMemorySink).
@@ -397,52 +394,3 @@ def _rows_of(spec: TableSpec, events: Sequence[Event]) -> list[tuple[Any, ...]]:
     routed = Routed([], [])
     text_tables(spec, events, routed)
     return [row for table in routed.tables for row in table.rows]
-
-
-# -- the careful path and its errors -----------------------------------------------------------
-
-
-async def insert_text(conn: asyncpg.Connection, schema: str, table: Table, rows: Sequence[tuple[Any, ...]]) -> int:
-    """Insert text rows with Postgres's casts, skipping ids already there; return rows added."""
-    cols = ", ".join(quote_ident(c) for c in table.columns)
-    casts = ", ".join(f"r.{quote_ident(c)}::{t}" for c, t in zip(table.columns, table.types))
-    arrays = ", ".join(f"${i}::text[]" for i in range(1, len(table.columns) + 1))
-    target = ", ".join(quote_ident(c) for c in table.conflict)
-    status = await conn.execute(
-        f"INSERT INTO {qualify(schema, table.name)} ({cols}) SELECT {casts} FROM unnest({arrays}) AS r({cols})"
-        f" ON CONFLICT ({target}) DO NOTHING",
-        *([list(values) for values in zip(*rows)] or [[] for _ in table.columns]),
-    )
-    return int(status.rsplit(" ", 1)[-1])
-
-
-async def column_at_fault(conn: asyncpg.Connection, table: Table, row: Sequence[Any], exc: BaseException) -> str:
-    """``"column NAME: "`` for the value Postgres could not convert (a cast error does not say
-    which); found by casting the refused row's values one by one, each in a savepoint."""
-    if not str(getattr(exc, "sqlstate", "")).startswith("22"):
-        return ""  # a constraint's message already names what it checks
-    for name, kind, value in zip(table.columns, table.types, row):
-        if value is None:
-            continue
-        try:
-            async with conn.transaction():
-                await conn.fetchval(f"SELECT $1::text::{kind}", value)
-        except asyncpg.DataError:
-            return f"column {name}: "
-    return ""
-
-
-def refusal_kind(exc: BaseException, tables: Sequence[Table]) -> Kind:
-    """:func:`classify`, but a NOT NULL column a route fills from payload keys is the row's fault.
-
-    A NOT NULL column nobody fills (added by hand to ``outbox_events``) stays a schema error:
-    every row would fail alike, so the events wait for a fix instead of all dying.
-    """
-    kind = classify(exc)
-    if kind == "schema" and getattr(exc, "sqlstate", None) == "23502":
-        table, column = getattr(exc, "table_name", None), getattr(exc, "column_name", None)
-        for t in tables:
-            # a partition's own name is what Postgres reports for a row refused in it
-            if t.spec is not None and column in t.spec.keyed and (table is None or table.startswith(t.name)):
-                return "row"
-    return kind
