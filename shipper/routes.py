@@ -375,7 +375,7 @@ def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
                         row.append(f"{prefix}.{micro:06d}+00")
                     else:
                         row.append(_stamp(us))
-        except (ValueError, TypeError, RecursionError) as exc:
+        except Exception as exc:  # whatever one payload makes fail (RecursionError too) is a dead letter, never a retry
             into.refused.append((event, f"{spec.name} event refused: {exc}"))
             continue
         table = groups.get(omitted)
