@@ -179,8 +179,14 @@ class Router:
         """Read every routed table's columns and keys from the catalog; RouteError if one is unusable."""
         specs: dict[str, TableSpec] = {}
         conflicts: dict[str, tuple[str, ...]] = {}
-        for name in self.tables:
-            spec = await read_spec(conn, self.schema, name, self._topic_of(name))
+        names = self.tables
+        found = await conn.fetch(_CATALOG, names, [qualify(self.schema, n) for n in names])  # one round trip
+        for name, exists, columns, keys in found:
+            where = (
+                f"table {self.schema}.{name}" if name in (EVENT_TABLE, COMMAND_TABLE)
+                else f"route {self._topic_of(name)} -> {self.schema}.{name}"
+            )
+            spec = read_spec(where, name, exists, json.loads(columns or "[]"), json.loads(keys or "[]"))
             conflicts[name] = spec.conflict
             if name != EVENT_TABLE:
                 specs[name] = spec
@@ -222,31 +228,33 @@ class Router:
         return routed
 
 
-async def read_spec(conn: asyncpg.Connection, schema: str, name: str, topic: str) -> TableSpec:
-    """Read one table's writable columns and its ``id`` key from the catalog."""
-    where = f"route {topic} -> {schema}.{name}"
-    oid = await conn.fetchval("SELECT to_regclass($1)::oid", qualify(schema, name))
-    if oid is None:
-        raise RouteError(f"{where}: no such table (create it, or run `shipper migrate` for the built-in ones)")
-    rows = await conn.fetch(
-        "SELECT a.attname, format_type(a.atttypid, NULL), a.attnotnull, a.atthasdef OR a.attidentity = 'd',"
-        " t.typcategory = 'A', a.attgenerated <> '' OR a.attidentity = 'a'"
-        " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
-        " WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        oid,
-    )
+# Every routed table's columns and unique keys, as JSON, in one query.
+_CATALOG = """
+SELECT t.name, c.oid IS NOT NULL,
+  (SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, NULL), a.attnotnull,
+            a.atthasdef OR a.attidentity = 'd', ty.typcategory = 'A', a.attgenerated <> '' OR a.attidentity = 'a')
+          ORDER BY a.attnum)::text
+     FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT json_agg(k.cols)::text FROM (
+      SELECT array_agg(a.attname::text ORDER BY u.ord) AS cols FROM pg_index i
+       CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS u(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum
+       WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL GROUP BY i.indexrelid) AS k)
+FROM unnest($1::text[], $2::text[]) AS t(name, qualified) LEFT JOIN pg_class c ON c.oid = to_regclass(t.qualified)
+"""
+
+
+def read_spec(where: str, name: str, exists: bool, rows: list[list[Any]], keys: list[list[str]]) -> TableSpec:
+    """One table's spec from what the catalog says: its writable columns and its ``id`` key."""
+    if not exists:
+        hint = "run `shipper migrate`" if where.startswith("table ") else "create it, or drop the route"
+        raise RouteError(f"{where}: no such table ({hint})")
     columns = [Column(r[0], r[1], r[2], r[3], r[4]) for r in rows if not r[5]]
     by_name = {c.name: c for c in columns}
     if "id" not in by_name or by_name["id"].type != "uuid":
         raise RouteError(f"{where}: the table needs an `id uuid` column (the event's id goes there)")
-    keys = await conn.fetch(
-        "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i"
-        " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
-        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
-        " WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL GROUP BY i.indexrelid",
-        oid,
-    )
-    sets = [tuple(r[0]) for r in keys]
+    sets = [tuple(k) for k in keys]
     conflict = next((k for k in sets if k == ("id",)), None) or next(
         (k for k in sets if sorted(k) == ["created_at", "id"]), None
     )
