@@ -136,7 +136,7 @@ async def test_retention_through_the_shippers_housekeeping(outbox_path: Path, pg
     await import_old(outbox_path, [now - datetime.timedelta(days=200), now - datetime.timedelta(days=1)])
     async with Shipper(outbox_path, pg_dsn, pg_retention_s=90 * 86400, housekeeping_interval=0.05) as s:
         await s.drain(timeout=30)
-        for _ in range(100):
+        for _ in range(600):  # up to 30 s: housekeeping runs every 0.05 s, but a loaded machine is slow
             if await scalar(pg_dsn, "SELECT count(*) FROM outbox_events") == 1:
                 break
             await asyncio.sleep(0.05)
