@@ -94,7 +94,7 @@ BAD_DSNS = [
 @pytest.mark.parametrize("dsn", BAD_DSNS)
 def test_no_shape_of_dsn_shows_its_password(cli: Cli, dsn: str) -> None:
     out = cli("shipper", "migrate", "--dsn", dsn)
-    out.assert_one_error_line(4, "Postgres", secret=SECRET)
+    out.assert_one_error_line(4, "shipper: error: ", secret=SECRET)
 
 
 @pytest.mark.parametrize("dsn", BAD_DSNS[:3] + BAD_DSNS[4:5])
