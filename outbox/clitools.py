@@ -33,6 +33,7 @@ __all__ = [
     "EXIT_POSTGRES",
     "EXIT_INTERRUPTED",
     "EXIT_CODES_HELP",
+    "SHIPPER_EXIT_CODES_HELP",
     "CONTEXT_SETTINGS",
     "CliGroup",
     "TimeType",
@@ -66,10 +67,21 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES_HELP = """\b
 Exit codes:
   0    done
-  1    verify found missing events, or an unexpected failure
-  2    usage: a bad option, argument or time
-  3    the outbox or an input file: missing, not an outbox, damaged, a bad line
+  1    verify found missing events, replay had events refused, or an unexpected failure
+  2    usage: a bad option, argument or time, or an id that is not a dead letter
+  3    the outbox or an input file: missing, a directory, not an outbox, damaged, a bad line
   4    Postgres: unreachable, malformed DSN, login refused, tables missing
+  130  interrupted
+"""
+
+SHIPPER_EXIT_CODES_HELP = """\b
+Exit codes:
+  0    done (run: stopped by SIGTERM or SIGINT)
+  1    the metrics port cannot be served, or an unexpected failure
+  2    usage: a bad option, argument or duration
+  3    the outbox: a directory, not an outbox, damaged
+  4    Postgres: unreachable, malformed DSN, login refused, a statement refused;
+       drain: events still pending when --timeout ran out
   130  interrupted
 """
 
@@ -328,8 +340,9 @@ class FilePath(click.Path):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         path = super().convert(value, param, ctx)
-        if str(path) != "-" and os.path.isdir(path):
-            raise FileProblem(f"{path} is a directory, not a file")
+        shown = os.fsdecode(path)
+        if shown != "-" and os.path.isdir(shown):
+            raise FileProblem(f"{shown} is a directory, not a file")
         return path
 
 

@@ -17,7 +17,6 @@ from outbox import OutboxError, OutboxReader
 from outbox.clilog import log_to_stderr
 from outbox.clitools import (
     CONTEXT_SETTINGS,
-    EXIT_CODES_HELP,
     EXIT_OUTBOX,
     CliGroup,
     DurationType,
@@ -27,9 +26,11 @@ from outbox.clitools import (
     progress,
     run,
 )
+from outbox.clitools import SHIPPER_EXIT_CODES_HELP as EXIT_CODES_HELP
 from outbox.report import counted
 
 from .dsn import redact_dsn
+from .errors import ShipperError
 from .loop import Shipper, ShipperStats
 from .migrate import migrate as migrate_schema
 from .outbox_cli import register_postgres_errors
@@ -48,6 +49,7 @@ class ShipperSettings:
     batch_size: int = 1000
     flush_interval: float = 0.05
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
     retention_s: float = 7 * 86400
     stop_timeout: float = 10.0
 
@@ -59,6 +61,7 @@ class ShipperSettings:
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
             metrics_port=self.metrics_port,
+            metrics_addr=self.metrics_addr,
             retention_s=self.retention_s,
             stop_timeout=self.stop_timeout,
         )
@@ -110,7 +113,14 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--metrics-port",
             type=click.IntRange(min=1, max=65535),
-            help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.",
+            help="Serve Prometheus metrics on http://ADDR:PORT/metrics.",
+        ),
+        click.option(
+            "--metrics-addr",
+            default="127.0.0.1",
+            show_default=True,
+            metavar="ADDR",
+            help="The address the metrics listen on; 0.0.0.0 lets a Prometheus in another container scrape them.",
         ),
         click.option(
             "--retention",
@@ -163,6 +173,7 @@ def _settings(options: dict[str, Any]) -> ShipperSettings:
         batch_size=options["batch_size"],
         flush_interval=options["flush_interval"],
         metrics_port=options["metrics_port"],
+        metrics_addr=options["metrics_addr"],
         retention_s=options["retention"],
         stop_timeout=options["stop_timeout"],
     )
@@ -177,7 +188,7 @@ async def _start(settings: ShipperSettings) -> Shipper:
         await s.stop()
         if settings.metrics_port is not None and exc.errno in (errno.EADDRINUSE, errno.EACCES):
             raise click.ClickException(
-                f"cannot serve metrics on 127.0.0.1:{settings.metrics_port}: {exc.strerror}"
+                f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port}: {exc.strerror}"
             ) from None
         raise
     return s
@@ -230,22 +241,49 @@ def run_(log_level: str, log_format: str, **options: Any) -> None:
 # -- drain ---------------------------------------------------------------------------------------
 
 
-async def _drain(settings: ShipperSettings, timeout: float | None) -> ShipperStats:
+@dataclass(frozen=True)
+class DrainResult:
+    """What a drain did, and what the outbox holds once it has stopped."""
+
+    stats: ShipperStats
+    pending: int
+    dead: int
+    timed_out: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape ``shipper drain --json`` prints."""
+        return {
+            "shipped": self.stats.shipped,
+            "pending": self.pending,
+            "dead": self.dead,
+            "refused": self.stats.dead,
+            "retries": self.stats.retries,
+            "timed_out": self.timed_out,
+        }
+
+
+async def _drain(settings: ShipperSettings, timeout: float | None) -> DrainResult:
     await migrate_schema(settings.dsn)  # fail at once, clearly, when Postgres cannot be reached
     async with OutboxReader(settings.outbox_path, create=True) as reader:
         pending = (await reader.status()).pending
     s = await _start(settings)
+    timed_out = False
     try:
         with progress("shipping", pending) as update:
             watcher = asyncio.create_task(_watch(s, update))
             try:
-                await s.drain(timeout=timeout)
+                await asyncio.wait_for(s.drain(), timeout)
+            except asyncio.TimeoutError:
+                timed_out = True
+                s.halt()  # out of time: finish the batch in flight, ship nothing more
             finally:
                 watcher.cancel()
             update(s.stats.shipped + s.stats.dead)
     finally:
         await s.stop()
-    return s.stats
+    async with OutboxReader(settings.outbox_path) as reader:  # the truth once shipping has stopped
+        left = await reader.status()
+    return DrainResult(s.stats, left.pending, left.dead, timed_out)
 
 
 async def _watch(s: Shipper, update: Callable[[int], None]) -> None:
@@ -261,7 +299,7 @@ async def _watch(s: Shipper, update: Callable[[int], None]) -> None:
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
-    help="Give up (exit 4) if the events are not all shipped by then. Default: wait.",
+    help="Stop shipping after this long; exit 4 if events are still pending then. Default: wait.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool, **options: Any) -> None:
@@ -277,15 +315,22 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
     """
     settings = _settings(options)
     with log_to_stderr(log_level, log_format):
-        stats = run(_drain(settings, timeout))
+        result = run(_drain(settings, timeout))
+    stats = result.stats
     if as_json:
-        echo_json({"shipped": stats.shipped, "dead": stats.dead, "retries": stats.retries})
-        return
-    click.echo(f"shipped {counted(stats.shipped, 'event')} to {redact_dsn(settings.dsn)}")
-    if stats.dead:
-        click.echo(
-            f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters:"
-            f" outbox dead list {settings.outbox_path}"
+        echo_json(result.as_json())
+    else:
+        click.echo(f"shipped {counted(stats.shipped, 'event')} to {redact_dsn(settings.dsn)}")
+        if stats.dead:
+            click.echo(
+                f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters:"
+                f" outbox dead list {settings.outbox_path}"
+            )
+    if result.pending:
+        when = f"timed out after {timeout:g} s" if result.timed_out else "stopped"
+        raise ShipperError(
+            f"drain {when}: {counted(result.pending, 'event')} still pending (they stay in the outbox;"
+            " shipper drain or shipper run ships them)"
         )
 
 
