@@ -284,8 +284,26 @@ _ids_argument = click.argument("ids", nargs=-1, metavar="[ID]...")
 _topic_option = click.option("--topic", metavar="TOPIC", help="Only dead letters of this topic.")
 
 
+def _check_uuids(ids: Sequence[str]) -> None:
+    bad = [i for i in ids if not _is_uuid(i)]
+    if bad:
+        raise click.UsageError(f"not an event id (a UUID): {', '.join(bad)}")
+
+
+async def _check_dead(reader: OutboxReader, ids: Sequence[str]) -> None:
+    """Refuse, before changing anything, ids that name no dead letter: a typo must not pass as done."""
+    found = {letter.id for letter in await reader.dead_letters(ids=ids)}
+    unknown = [i for i in dict.fromkeys(ids) if i not in found]
+    if unknown:
+        noun = "not a dead letter" if len(unknown) == 1 else "not dead letters"
+        raise click.UsageError(f"{noun}: {', '.join(unknown)}; nothing was changed")
+
+
 async def _dead(path: Path, action: str, topic: str | None, ids: Sequence[str]) -> tuple[int, list[DeadLetter]]:
+    _check_uuids(ids)
     async with OutboxReader(path) as reader:
+        if ids and action != "list":
+            await _check_dead(reader, ids)
         if action == "retry":
             return await reader.retry_dead(topic=topic, ids=ids), []
         if action == "drop":
@@ -331,7 +349,7 @@ def dead_retry(path: Path, ids: tuple[str, ...], topic: str | None) -> None:
     """
     path, wanted = _split_ids(path, ids)
     count, _ = run(_dead(path, "retry", topic, wanted))
-    click.echo(f"marked {counted(count, 'dead letter')} for retry" + _not_found(count, wanted))
+    click.echo(f"marked {counted(count, 'dead letter')} for retry" + _already(count, wanted))
 
 
 @dead.command("drop", epilog=EXIT_CODES_HELP)
@@ -354,12 +372,12 @@ def dead_drop(path: Path, ids: tuple[str, ...], topic: str | None, drop_all: boo
         raise click.UsageError("name the dead letters to drop: ids, --topic TOPIC, or --all")
     count, _ = run(_dead(path, "drop", topic, wanted))
     events = "its event" if count == 1 else "their events"
-    click.echo(f"dropped {counted(count, 'dead letter')} and {events}" + _not_found(count, wanted))
+    click.echo(f"dropped {counted(count, 'dead letter')} and {events}")
 
 
-def _not_found(count: int, ids: Sequence[str]) -> str:
-    missing = len(set(ids)) - count if ids else 0
-    return f" ({missing} of the ids given are not dead letters)" if missing > 0 else ""
+def _already(count: int, ids: Sequence[str]) -> str:
+    again = len(set(ids)) - count if ids else 0
+    return f" ({again} of the ids given were already marked for retry)" if again > 0 else ""
 
 
 # -- prune ---------------------------------------------------------------------------------------
