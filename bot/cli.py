@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from outbox import OutboxError
-from outbox.clitools import EXIT_FAILURE, EXIT_OUTBOX, EXIT_POSTGRES, CliGroup, FilePath
+from outbox.clitools import EXIT_OUTBOX, EXIT_POSTGRES, CliGroup, FilePath
 from shipper.outbox_cli import register_postgres_errors
 
 __all__ = ["main"]
@@ -45,20 +45,21 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("discord.client").addFilter(_QuietVoice())
 
 
-class _Failed(click.ClickException):
-    """A failure with the exit code of its kind (the runner's errors are one family)."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.exit_code = code
+class _OutboxFailed(click.ClickException):
+    exit_code = EXIT_OUTBOX
 
 
-def _run_error_code(message: str) -> int:
+class _PostgresFailed(click.ClickException):
+    exit_code = EXIT_POSTGRES
+
+
+def _run_failure(message: str) -> click.ClickException:
+    """The runner's errors are one family: give each its kind's exit code (1 for Discord)."""
     if message.startswith("cannot open the outbox"):
-        return EXIT_OUTBOX
+        return _OutboxFailed(message)
     if message.startswith("cannot ship to Postgres"):
-        return EXIT_POSTGRES
-    return EXIT_FAILURE
+        return _PostgresFailed(message)
+    return click.ClickException(message)
 
 
 @click.group(
@@ -116,7 +117,7 @@ def run(token: str | None, outbox_path: Path, dsn: str | None, sync: bool, log_l
     try:
         asyncio.run(run_bot(config))
     except RunError as exc:
-        raise _Failed(str(exc), _run_error_code(str(exc))) from None
+        raise _run_failure(str(exc)) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
@@ -167,7 +168,7 @@ def simulate(
 
 @main.command(epilog=EXIT_CODES_HELP)
 @click.option("--commands", "-n", type=click.IntRange(min=1), default=5000, show_default=True, help="Commands to log.")
-@click.option("--keep", is_flag=True, help="Keep the temporary directory (the outbox file).")
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (the outbox file) and print where it is.")
 @click.option("--log-level", type=_LEVELS, default="WARNING", show_default=True)
 def demo(commands: int, keep: bool, log_level: str) -> None:
     """Start an embedded Postgres, simulate the bot with the shipper in-process, and report."""
