@@ -9,7 +9,9 @@ imports (asyncio, asyncpg, click) run, or a SIGINT in that time prints a traceba
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -73,3 +75,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(ModuleType):
+    """Keep ``shipper.migrate`` and ``shipper.replay`` the functions, as eager imports made them.
+
+    Importing a submodule sets the package's attribute of that name to the module; the
+    functions of the same name would then be shadowed by their modules.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, ModuleType) and _HOME.get(name) == f".{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
