@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
@@ -249,6 +250,7 @@ class DrainResult:
     pending: int
     dead: int
     timed_out: bool
+    failure: Exception | None = None  # what stopped the drain early, raised once the result is out
 
     def as_json(self) -> dict[str, Any]:
         """The shape ``shipper drain --json`` prints."""
@@ -268,22 +270,35 @@ async def _drain(settings: ShipperSettings, timeout: float | None) -> DrainResul
         pending = (await reader.status()).pending
     s = await _start(settings)
     timed_out = False
+    failure: BaseException | None = None
+    draining: asyncio.Future[int] | None = None
     try:
         with progress("shipping", pending) as update:
             watcher = asyncio.create_task(_watch(s, update))
+            draining = asyncio.ensure_future(s.drain())
             try:
-                await asyncio.wait_for(s.drain(), timeout)
-            except asyncio.TimeoutError:
-                timed_out = True
-                s.halt()  # out of time: finish the batch in flight, ship nothing more
+                # not wait_for: on 3.11 a cancellation that meets the drain's own wait is lost, and
+                # wait_for then returns as if the drain had finished in time, having shipped it all
+                await asyncio.wait({draining}, timeout=timeout)
+                if draining.done():
+                    failure = draining.exception()
+                else:
+                    timed_out = True
+                    s.halt()  # out of time: finish the batch in flight, ship nothing more
             finally:
                 watcher.cancel()
+                draining.cancel()
             update(s.stats.shipped + s.stats.dead)
     finally:
         await s.stop()
+        if draining is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await draining  # its outcome is known already: here it only has to end
+    if failure is not None and not isinstance(failure, Exception):
+        raise failure
     async with OutboxReader(settings.outbox_path) as reader:  # the truth once shipping has stopped
         left = await reader.status()
-    return DrainResult(s.stats, left.pending, left.dead, timed_out)
+    return DrainResult(s.stats, left.pending, left.dead, timed_out, failure)
 
 
 async def _watch(s: Shipper, update: Callable[[int], None]) -> None:
@@ -326,6 +341,8 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
                 f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters:"
                 f" outbox dead list {settings.outbox_path}"
             )
+    if result.failure is not None:
+        raise result.failure
     if result.pending:
         when = f"timed out after {timeout:g} s" if result.timed_out else "stopped"
         raise ShipperError(

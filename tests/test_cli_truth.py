@@ -201,9 +201,10 @@ def test_drain_timeout_prints_the_truth_and_stops_shipping(cli: Cli, outbox_path
     run(_fill_fast(outbox_path, total))
     args = ("shipper", "drain", "--outbox", str(outbox_path), "--dsn", pg_dsn, "--json", "--batch-size", "20")
     out = cli(*args, "--timeout", "0.2")
+    assert out.stdout.startswith("{"), (out.code, out.stderr)
     result = json.loads(out.stdout)
     assert {"shipped", "pending", "dead", "timed_out"} <= set(result)
-    assert result["timed_out"] is True and result["pending"] > 0
+    assert result["timed_out"] is True and result["pending"] > 0, (result, out.stderr)
     assert out.code == 4 and len(out.err_lines) == 1 and "still pending" in out.stderr, out.stderr
     time.sleep(0.5)  # nothing may keep shipping once it said it stopped
     status = _status(cli, outbox_path)
