@@ -20,13 +20,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from outbox import Outbox, OutboxCorruptError, OutboxError, OutboxReader
+from outbox import Outbox, OutboxClosedError, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.maintenance import checkpoint, prune
 
+from . import forks
 from .backlog import BacklogGauges, nothing_pending
 from .errors import ConnectError, ShipperError, classify
 from .metrics import Metrics
 from .pgsink import PostgresSink
+from .room import Room, open_when_room
 from .sink import Batch, Sink
 
 __all__ = ["Shipper", "ShipperStats"]
@@ -110,6 +112,7 @@ class Shipper:
         self._metrics = Metrics(metrics_port, metrics_addr) if metrics_port is not None else None
         self._gauges = BacklogGauges(self.path, self._metrics) if self._metrics is not None else None
         self.reader = OutboxReader(self.path, create=True)
+        self._room = Room(self.reader)
         self.stats = ShipperStats()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -136,7 +139,8 @@ class Shipper:
         """Open the outbox and start shipping in the background."""
         if self._task is not None:
             return
-        await self.reader.open()
+        if not await open_when_room(self.reader, self._stop_requested):  # a full disk: wait, not exit
+            return
         if self._outbox is not None:
             self._outbox.add_listener(self._wake.set)
         if self._metrics is not None:
@@ -177,6 +181,10 @@ class Shipper:
             log.warning("stopped after %.1f s with %d events still pending; they stay in the outbox", deadline, pending)
         except ShipperError:
             pass  # already logged by the loop; stopping must still succeed
+        except asyncio.CancelledError:
+            task.cancel()  # the caller gave up waiting: the loop must end all the same
+            await asyncio.gather(task, return_exceptions=True)
+            raise
         finally:
             self._task = None
             await self._release()
@@ -196,7 +204,8 @@ class Shipper:
     async def serve(self) -> None:
         """Ship until :meth:`request_stop`, then drain (up to ``stop_timeout``) and return."""
         await self.start()
-        assert self._task is not None
+        if self._task is None:  # stopped while waiting for room on a full disk
+            return
         stop_waiter = asyncio.ensure_future(self._stop_requested.wait())
         try:
             await asyncio.wait({self._task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -277,7 +286,8 @@ class Shipper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN"):
+                # damage no retry can mend (a file that lost its end): stop with one clear error
+                if isinstance(exc, (OutboxCorruptError, OutboxClosedError)) or (isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN")):
                     self._fatal = exc
                     log.error("%s", exc)
                     return
@@ -294,6 +304,9 @@ class Shipper:
 
     async def _claim(self) -> bool:
         if not await self.sink.try_lease(self.reader.outbox_id):
+            # a VM clone of this file may hold it: forked, it has the lease of its own id
+            if await self._fork_if_not_ours(await self.reader.cursor(), await self.sink.position(self.reader.outbox_id)):
+                return False
             if not self._said_standby:
                 log.warning(
                     "another shipper holds the lease on outbox %s (%s): standing by, will take over if it stops",
@@ -308,13 +321,8 @@ class Shipper:
             self._said_standby = False
         remote = await self.sink.position(self.reader.outbox_id)
         local = await self.reader.cursor()
-        last = await self.reader.last_seq()
-        if remote > last:  # advancing to it would mark the next events appended as shipped
-            raise OutboxCorruptError(
-                f"outbox {self.path} has lost events: it ends at seq {last} but {self.where} already holds"
-                f" its events up to seq {remote} (was its -wal file deleted, or the file restored from an"
-                " older copy?); open it with Outbox(on_corrupt='quarantine') or move it aside"
-            )
+        if await self._fork_if_not_ours(local, remote):  # advancing would skip this file's own events
+            return False
         self._cursor = max(local, remote)
         if remote > local:
             await self.reader.advance(remote)
@@ -341,6 +349,10 @@ class Shipper:
             self._drop_prefetch()
             raise
         if result.already_shipped_to is not None:
+            why = await forks.batch_is_not_ours(self.sink, events, [e for e, _ in batch.routed.refused])
+            if why is not None:
+                await self._fork(why)
+                return 1
             log.warning(
                 "events of outbox %s after seq %d were already shipped (to seq %d) by another shipper;"
                 " skipping ahead -- is a second shipper running on %s?",
@@ -358,6 +370,21 @@ class Shipper:
         self._limit = min(self.batch_size, self._limit * 2)
         self._count(result.shipped, result.rejected, time.monotonic() - started)
         return len(events)
+
+    async def _fork_if_not_ours(self, local: int, remote: int) -> bool:
+        """Fork if the ledger's range past ``local`` is another file's (see :mod:`shipper.forks`)."""
+        why = None if remote <= local else await forks.ledger_is_not_ours(self.reader, self.sink, local, remote)
+        if why is not None:
+            await self._fork(why)
+        return why is not None
+
+    async def _fork(self, why: str) -> None:
+        """Take a new outbox id and start over under it, from the side file's cursor."""
+        await self.reader.fork(why)
+        self._drop_prefetch()
+        self._cursor = await self.reader.cursor()
+        self._connected = self._leader = False
+        await self.sink.close()  # lets go of the old id's lease: the other copy ships under it
 
     def _note_progress(self) -> None:
         """Note progress in the side file, never waiting for it, at most every ``_NOTE_EVERY_S``.
@@ -496,6 +523,8 @@ class Shipper:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self._housekeeping_interval
             await self._housekeeping()
+        if pruned := await self._room.keep():
+            log.debug("pruned %d shipped events from %s to stay under max_bytes", pruned, self.path)
 
     async def _retry_dead_letters(self) -> None:
         events = await self.reader.read_retries(self.batch_size)
@@ -508,12 +537,9 @@ class Shipper:
         self._count(result.shipped, result.rejected, 0.0)
 
     async def _housekeeping(self) -> None:
-        """Prune shipped events past retention (or sooner when near max_bytes); checkpoint."""
+        """Prune shipped events past retention; checkpoint."""
         cutoff = time.time_ns() // 1000 - int(self.retention_s * 1e6)
-        pruned = await prune(self.reader, older_than_us=cutoff)
-        limit = await self.reader.meta("max_bytes")
-        if limit is not None and await self.reader.used_bytes() > int(limit) // 2:
-            pruned += await prune(self.reader, older_than_us=time.time_ns() // 1000 + 1)
+        pruned = await prune(self.reader, older_than_us=cutoff)  # room under max_bytes: self._room
         if pruned:
             log.info("pruned %d shipped events from %s", pruned, self.path)
         await checkpoint(self.reader)

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from outbox import OutboxReader, uuid7
+from outbox.payload import MAX_DEPTH
 from torture_kit import SIZES, Tally, cli, pick
 
 
@@ -118,8 +119,10 @@ async def test_hostile_import_files(size: str, tmp_path: Path, pg_dsn: str, subp
 
 
 async def test_nesting_that_json_allows_ships_intact(tmp_path: Path, pg_dsn: str, subprocess_env: dict[str, str], tally: Tally) -> None:
-    """Deep but legal nesting (and a huge integer) goes through import, the shipper and jsonb unchanged."""
-    deep = 800
+    """Deep but legal nesting (and a huge integer) goes through import, the shipper and jsonb unchanged.
+
+    500 levels: the outbox's own limit (``outbox.payload.MAX_DEPTH``), on every Python."""
+    deep = MAX_DEPTH - 1  # containers inside the payload object
     payload_text = '{"n": ' + "[" * deep + str(10**300) + "]" * deep + "}"
     ids = [uuid7() for _ in range(3)]
     source = tmp_path / "deep.jsonl"
