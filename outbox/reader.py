@@ -510,9 +510,10 @@ class OutboxReader:
         cursor = await self.cursor()
         last = await self.last_seq()
         pending = int(await self._one(f"SELECT count(*) FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE}", (cursor,)))
+        retrying = int(await self._one("SELECT count(*) FROM ship.dead WHERE status = 'retry'"))  # pending again
         below = int(await self._one("SELECT count(*) FROM events WHERE seq <= ?", (cursor,)))
         aside = int(await self._one("SELECT count(*) FROM ship.dead WHERE seq <= ?", (cursor,)))
-        dead = int(await self._one("SELECT count(*) FROM ship.dead WHERE status IN ('dead', 'retry')"))
+        dead = int(await self._one("SELECT count(*) FROM ship.dead WHERE status = 'dead'"))
         oldest = await self._one(
             f"SELECT e.created_at FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE} ORDER BY e.seq LIMIT 1",
             (cursor,),
@@ -524,14 +525,14 @@ class OutboxReader:
         if per_topic:
             rows = await self._all(
                 "SELECT e.topic,"
-                " sum(e.seq > ? AND d.seq IS NULL), sum(e.seq <= ? AND d.seq IS NULL),"
-                " sum(d.status IN ('dead', 'retry'))"
+                " sum((e.seq > ? AND d.seq IS NULL) OR d.status = 'retry'), sum(e.seq <= ? AND d.seq IS NULL),"
+                " sum(d.status = 'dead')"
                 " FROM events e LEFT JOIN ship.dead d ON d.seq = e.seq GROUP BY e.topic ORDER BY e.topic",
                 (cursor, cursor),
             )
             topics = tuple(TopicStatus(t, int(p or 0), int(s or 0), int(d or 0)) for t, p, s, d in rows)
         return Status(
-            pending=pending,
+            pending=pending + retrying,
             shipped=below - aside,
             dead=dead,
             oldest_pending_age_s=age,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,24 @@ from outbox import OutboxError, OutboxReader
 from outbox.clilog import log_to_stderr
 from outbox.clitools import (
     CONTEXT_SETTINGS,
-    EXIT_CODES_HELP,
     EXIT_OUTBOX,
     CliGroup,
     DurationType,
+    FilePath,
     dsn_option,
     echo_json,
     progress,
     run,
 )
+from outbox.clitools import SHIPPER_EXIT_CODES_HELP as EXIT_CODES_HELP
 from outbox.report import counted
 
 from .dsn import redact_dsn
 from .errors import ShipperError
 from .loop import Shipper, ShipperStats
 from .migrate import migrate as migrate_schema
-from .outbox_cli import register_postgres_errors, schema_option
+from .outbox_cli import register_postgres_errors, route_option, schema_option
+from .partitions import PERIODS
 from .pgsink import PostgresSink
 
 __all__ = ["shipper", "main", "ShipperSettings"]
@@ -49,14 +52,24 @@ class ShipperSettings:
     batch_size: int = 1000
     flush_interval: float = 0.05
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
     retention_s: float = 7 * 86400
     stop_timeout: float = 10.0
     schema: str = "public"
     lease_ttl: float = 30.0
+    routes: dict[str, str] = field(default_factory=dict)
+    pg_retention_s: float | None = None
 
     def sink(self, lock_timeout: float = 5.0) -> PostgresSink:
         """The Postgres sink these settings describe."""
-        return PostgresSink(self.dsn, schema=self.schema, batch_timeout=self.lease_ttl, lock_timeout=lock_timeout)
+        return PostgresSink(
+            self.dsn,
+            schema=self.schema,
+            batch_timeout=self.lease_ttl,
+            lock_timeout=lock_timeout,
+            routes=self.routes,
+            pg_retention_s=self.pg_retention_s,
+        )
 
     def make(self, sink: PostgresSink | None = None) -> Shipper:
         """Build the shipper these settings describe."""
@@ -69,8 +82,11 @@ class ShipperSettings:
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
             metrics_port=self.metrics_port,
+            metrics_addr=self.metrics_addr,
             retention_s=self.retention_s,
             stop_timeout=self.stop_timeout,
+            routes=None if sink is not None else self.routes,  # a sink given has them already
+            pg_retention_s=None if sink is not None else self.pg_retention_s,
         )
 
 
@@ -101,7 +117,7 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
             envvar="OUTBOX_PATH",
             show_envvar=True,
             required=True,
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=FilePath(),
             metavar="PATH",
             help="The outbox file (created if missing).",
         ),
@@ -130,7 +146,14 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--metrics-port",
             type=click.IntRange(min=1, max=65535),
-            help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.",
+            help="Serve Prometheus metrics on http://ADDR:PORT/metrics.",
+        ),
+        click.option(
+            "--metrics-addr",
+            default="127.0.0.1",
+            show_default=True,
+            metavar="ADDR",
+            help="The address the metrics listen on; 0.0.0.0 lets a Prometheus in another container scrape them.",
         ),
         click.option(
             "--retention",
@@ -147,6 +170,7 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
             metavar="SECONDS",
             help="On stop, ship what is pending for up to this long; the rest stays in the outbox.",
         ),
+        route_option(),
     ]
     for option in reversed(options):
         func = option(func)
@@ -183,10 +207,13 @@ def _settings(options: dict[str, Any]) -> ShipperSettings:
         batch_size=options["batch_size"],
         flush_interval=options["flush_interval"],
         metrics_port=options["metrics_port"],
+        metrics_addr=options["metrics_addr"],
         retention_s=options["retention"],
         stop_timeout=options["stop_timeout"],
         schema=options["schema"],
         lease_ttl=options["lease_ttl"],
+        routes=options["routes"],
+        pg_retention_s=options.get("pg_retention"),
     )
 
 
@@ -199,7 +226,7 @@ async def _start(settings: ShipperSettings, sink: PostgresSink | None = None) ->
         await s.stop()
         if settings.metrics_port is not None and exc.errno in (errno.EADDRINUSE, errno.EACCES):
             raise click.ClickException(
-                f"cannot serve metrics on 127.0.0.1:{settings.metrics_port}: {exc.strerror}"
+                f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port}: {exc.strerror}"
             ) from None
         raise
     return s
@@ -230,6 +257,12 @@ def _stop_on_signal(s: Shipper, sig: signal.Signals) -> None:
 @shipper.command("run", epilog=EXIT_CODES_HELP)
 @_shipping_options
 @_log_options("info")
+@click.option(
+    "--pg-retention",
+    type=DurationType(),
+    default=None,
+    help="Drop whole Postgres partitions older than this (tables made with `migrate --partition`). Default: keep all.",
+)
 def run_(log_level: str, log_format: str, **options: Any) -> None:
     """Ship continuously: the sidecar next to your bot.
 
@@ -252,29 +285,73 @@ def run_(log_level: str, log_format: str, **options: Any) -> None:
 # -- drain ---------------------------------------------------------------------------------------
 
 
-async def _drain(settings: ShipperSettings, timeout: float | None) -> ShipperStats:
-    # One connection, its tables checked once, opened here so that an unreachable Postgres, a
-    # missing table or GRANT fails at once, clearly; every lock wait is bounded by --timeout.
+@dataclass(frozen=True)
+class DrainResult:
+    """What a drain did, and what the outbox holds once it has stopped."""
+
+    stats: ShipperStats
+    pending: int
+    dead: int
+    timed_out: bool
+    failure: Exception | None = None  # what stopped the drain early, raised once the result is out
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape ``shipper drain --json`` prints."""
+        return {
+            "shipped": self.stats.shipped,
+            "pending": self.pending,
+            "dead": self.dead,
+            "refused": self.stats.dead,
+            "retries": self.stats.retries,
+            "timed_out": self.timed_out,
+        }
+
+
+async def _drain(settings: ShipperSettings, timeout: float | None) -> DrainResult:
+    # One connection, its tables (and routes) checked once, opened here so that an unreachable
+    # Postgres, a missing table, route or GRANT fails at once, clearly; lock waits fit --timeout.
     sink = settings.sink(lock_timeout=min(5.0, timeout) if timeout is not None else 5.0)
     try:
         await asyncio.wait_for(sink.open(), timeout)
     except asyncio.TimeoutError:
         await sink.close()
         raise ShipperError(f"drain timed out after {timeout:g} s connecting to {redact_dsn(settings.dsn)}") from None
+    except BaseException:
+        await sink.close()
+        raise
     async with OutboxReader(settings.outbox_path, create=True) as reader:
         pending = (await reader.status()).pending
     s = await _start(settings, sink)
+    timed_out = False
+    failure: BaseException | None = None
+    draining: asyncio.Future[int] | None = None
     try:
         with progress("shipping", pending) as update:
             watcher = asyncio.create_task(_watch(s, update))
+            draining = asyncio.ensure_future(s.drain())
             try:
-                await s.drain(timeout=timeout)
+                # not wait_for: on 3.11 a cancellation that meets the drain's own wait is lost, and
+                # wait_for then returns as if the drain had finished in time, having shipped it all
+                await asyncio.wait({draining}, timeout=timeout)
+                if draining.done():
+                    failure = draining.exception()
+                else:
+                    timed_out = True
+                    s.halt()  # out of time: finish the batch in flight, ship nothing more
             finally:
                 watcher.cancel()
+                draining.cancel()
             update(s.stats.shipped + s.stats.dead)
     finally:
         await s.stop()
-    return s.stats
+        if draining is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await draining  # its outcome is known already: here it only has to end
+    if failure is not None and not isinstance(failure, Exception):
+        raise failure
+    async with OutboxReader(settings.outbox_path) as reader:  # the truth once shipping has stopped
+        left = await reader.status()
+    return DrainResult(s.stats, left.pending, left.dead, timed_out, failure)
 
 
 async def _watch(s: Shipper, update: Callable[[int], None]) -> None:
@@ -290,7 +367,7 @@ async def _watch(s: Shipper, update: Callable[[int], None]) -> None:
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
-    help="Give up (exit 4) if the events are not all shipped by then. Default: wait.",
+    help="Stop shipping after this long; exit 4 if events are still pending then. Default: wait.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool, **options: Any) -> None:
@@ -306,15 +383,24 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
     """
     settings = _settings(options)
     with log_to_stderr(log_level, log_format):
-        stats = run(_drain(settings, timeout))
+        result = run(_drain(settings, timeout))
+    stats = result.stats
     if as_json:
-        echo_json({"shipped": stats.shipped, "dead": stats.dead, "retries": stats.retries})
-        return
-    click.echo(f"shipped {counted(stats.shipped, 'event')} to {redact_dsn(settings.dsn)}")
-    if stats.dead:
-        click.echo(
-            f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters:"
-            f" outbox dead list {settings.outbox_path}"
+        echo_json(result.as_json())
+    else:
+        click.echo(f"shipped {counted(stats.shipped, 'event')} to {redact_dsn(settings.dsn)}")
+        if stats.dead:
+            click.echo(
+                f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters:"
+                f" outbox dead list {settings.outbox_path}"
+            )
+    if result.failure is not None:
+        raise result.failure
+    if result.pending:
+        when = f"timed out after {timeout:g} s" if result.timed_out else "stopped"
+        raise ShipperError(
+            f"drain {when}: {counted(result.pending, 'event')} still pending (they stay in the outbox;"
+            " shipper drain or shipper run ships them)"
         )
 
 
@@ -332,17 +418,35 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
     metavar="SECONDS",
     help="Give up if another migration holds its lock this long.",
 )
-def migrate(dsn: str, schema: str, lock_timeout: float) -> None:
+@click.option(
+    "--partition",
+    type=click.Choice(PERIODS),
+    help="Partition outbox_events and command_calls by created_at (primary key becomes (id, created_at)).",
+)
+@click.option(
+    "--move-rows",
+    is_flag=True,
+    help="With --partition: move rows already in the tables into partitions (locks them while it copies).",
+)
+def migrate(dsn: str, schema: str, lock_timeout: float, partition: str | None, move_rows: bool) -> None:
     """Create or upgrade the Postgres tables the shipper writes (safe to run again).
 
     `shipper run` and `shipper drain` do this on first use too; run it yourself when the bot's
     database user may not create tables.
 
+    With --partition, outbox_events and command_calls are partitioned by created_at; tables that
+    already hold rows are refused unless --move-rows (docs/SCALING.md).
+
     \b
     Examples:
       shipper migrate --dsn postgresql://admin:secret@db/bot
+      shipper migrate --dsn postgresql://admin:secret@db/bot --partition monthly
     """
-    version = run(migrate_schema(dsn, schema=schema, lock_timeout_s=lock_timeout))
+    if move_rows and partition is None:
+        raise click.UsageError("--move-rows goes with --partition monthly|weekly|daily")
+    version = run(
+        migrate_schema(dsn, schema=schema, lock_timeout_s=lock_timeout, partition=partition, move_rows=move_rows)
+    )
     click.echo(f"outbox schema at version {version} in schema {schema} on {redact_dsn(dsn)}")
 
 

@@ -110,7 +110,7 @@ async def connect(
         # sslmode=verify-full without a root certificate, a bad sslrootcert path, ...: the DSN parsed
         text = scrub(" ".join(str(exc).split("\n")[0].split()), dsn)
         raise DsnError(f"TLS set-up for {where} failed: {text}") from None
-    except (ValueError, TypeError, asyncpg.InterfaceError) as exc:
+    except (ValueError, TypeError, OverflowError, asyncpg.InterfaceError) as exc:  # OverflowError: a port past 65535
         raise DsnError(f"malformed DSN {where}: {scrub(str(exc), dsn)}") from None
     try:
         await conn.set_type_codec(

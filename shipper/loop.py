@@ -16,6 +16,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,9 +26,11 @@ from outbox import Outbox, OutboxClosedError, OutboxCorruptError, OutboxError, O
 from outbox.maintenance import checkpoint, prune
 
 from . import forks
+from .backlog import BacklogGauges, nothing_pending
 from .batching import MAX_BATCH_BYTES, batch_bytes, next_limit
 from .errors import DsnError, GrantError, ShipperError, classify, hint
 from .lease import LeaseKeeper
+from .routes import RouteError
 from .metrics import Metrics
 from .pgsink import PostgresSink
 from .room import Room, open_when_room
@@ -69,7 +72,9 @@ class Shipper:
     outbox:
         An open :class:`Outbox` in this process: its appends wake the loop at once.
     metrics_port:
-        Serve Prometheus metrics on ``127.0.0.1:port``.
+        Serve Prometheus metrics on ``metrics_addr:port``.
+    metrics_addr:
+        The address the metrics listen on (``0.0.0.0`` for a Prometheus in another container).
     stop_timeout:
         Seconds :meth:`stop` (and ``async with``'s exit) spends shipping what is pending.
     schema:
@@ -79,6 +84,10 @@ class Shipper:
         leader dies or freezes; a batch transaction may run at most this long.
     max_batch_bytes:
         While a backlog waits batches grow past ``batch_size``, up to about this many bytes.
+    routes:
+        ``{topic: table}``: topics that land in the user's own tables (:mod:`shipper.routes`).
+    pg_retention_s:
+        Drop whole Postgres partitions older than this (:mod:`shipper.partitions`); off by default.
     """
 
     def __init__(
@@ -91,6 +100,7 @@ class Shipper:
         retention_s: float = 7 * 86400,
         outbox: Outbox | None = None,
         metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
         sink: Sink | None = None,
         stop_timeout: float = 10.0,
         backoff_base: float = 0.1,
@@ -99,6 +109,8 @@ class Shipper:
         schema: str = "public",
         lease_ttl: float = 30.0,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        routes: Mapping[str, str] | None = None,
+        pg_retention_s: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -107,7 +119,9 @@ class Shipper:
         if sink is None:
             if not dsn:
                 raise ValueError("give a dsn (or a sink) to ship to")
-            sink = PostgresSink(dsn, schema=schema, batch_timeout=lease_ttl)
+            sink = PostgresSink(dsn, schema=schema, batch_timeout=lease_ttl, routes=routes, pg_retention_s=pg_retention_s)
+        elif routes or pg_retention_s is not None:
+            raise ValueError("give routes and pg_retention_s to the sink itself")
         self.path = Path(outbox_path)
         self.sink = sink
         self.where = getattr(sink, "where", type(sink).__name__)
@@ -118,7 +132,8 @@ class Shipper:
         self._backoff = (backoff_base, backoff_cap)
         self._housekeeping_interval = housekeeping_interval
         self._outbox = outbox
-        self._metrics = Metrics(metrics_port) if metrics_port is not None else None
+        self._metrics = Metrics(metrics_port, metrics_addr) if metrics_port is not None else None
+        self._gauges = BacklogGauges(self.path, self._metrics) if self._metrics is not None else None
         self.reader = OutboxReader(self.path, create=True)
         self._room = Room(self.reader)
         self.stats = ShipperStats()
@@ -127,6 +142,7 @@ class Shipper:
         self._progress = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopping = False
+        self._halt = False
         self._connected = False
         self._leader = False
         self._said_standby = False
@@ -137,7 +153,6 @@ class Shipper:
         self._last_kind: str | None = None
         self._next_housekeeping = 0.0
         self._next_retry_check = 0.0
-        self._next_gauges = 0.0
         self._fatal: BaseException | None = None
         self._prefetch: tuple[int, asyncio.Future[Batch | None]] | None = None
         self._noting: asyncio.Future[None] | None = None
@@ -156,6 +171,8 @@ class Shipper:
             self._outbox.add_listener(self._wake.set)
         if self._metrics is not None:
             self._metrics.start()
+        if self._gauges is not None:
+            self._gauges.start()
         self._task = asyncio.create_task(self._run(), name=f"shipper {self.path}")
         log.info("shipping %s to %s (batch_size=%d)", self.path, self.where, self.batch_size)
 
@@ -164,6 +181,11 @@ class Shipper:
         self._stopping = True
         self._stop_requested.set()
         self._wake.set()
+
+    def halt(self) -> None:
+        """Stop after the batch in flight, leaving the rest pending (a drain that ran out of time)."""
+        self._halt = True
+        self.request_stop()
 
     async def stop(self, timeout: float | None = None) -> None:
         """Ship what is pending for up to ``timeout`` seconds, then stop; nothing is lost either way."""
@@ -202,6 +224,8 @@ class Shipper:
             await self._lease.release(self.reader.outbox_id)
         await self.sink.close()
         await self.reader.close()
+        if self._gauges is not None:
+            await self._gauges.stop()
         if self._metrics is not None:
             self._metrics.stop()
 
@@ -287,7 +311,7 @@ class Shipper:
                     await self.reader.set_error(None)
                     failures = 0
                     self._last_kind = None
-                if shipped:
+                if shipped and not self._halt:
                     continue
                 self._note_progress()  # catches up within _NOTE_EVERY_S of going idle
                 if self._stopping:
@@ -300,13 +324,18 @@ class Shipper:
                     self._lease.lost(self.reader.outbox_id)
                     self._stand_by()
                     continue
-                # damage no retry can mend (a file that lost its end, a DSN that cannot work): stop with one clear error
-                if isinstance(exc, (OutboxCorruptError, OutboxClosedError, DsnError)):
+                # damage no retry can mend (a file that lost its end, a DSN that cannot work, a
+                # route to a table that is not there at start): stop with one clear error
+                if isinstance(exc, (OutboxCorruptError, OutboxClosedError, DsnError)) or (
+                    isinstance(exc, RouteError) and not self.stats.batches
+                ):
                     self._fatal = exc
                     log.error("%s", exc)
                     return
                 failures += 1
                 delay = await self._failed(exc, failures)
+                if self._stopping and (self._halt or await nothing_pending(self.reader, self._cursor)):
+                    return  # nothing to wait for: stopping must not take the whole stop_timeout
                 await self._idle(delay, wake=False)
 
     async def _connect(self) -> None:
@@ -463,7 +492,10 @@ class Shipper:
         events = await self.reader.read_pending(self._limit, after=after, on_loop=ahead)
         if not events:
             return None
-        batch = Batch(self.reader.outbox_id, after, events[-1].seq, events, lease=self._lease.token)
+        batch = Batch(
+            self.reader.outbox_id, after, events[-1].seq, events, lease=self._lease.token,
+            router=getattr(self.sink, "router", None),
+        )
         for table in batch.routed.tables:  # routed and encoded now, off the next send's critical path
             table.copy_text()
         return batch
@@ -551,10 +583,6 @@ class Shipper:
             await self._housekeeping()
         if pruned := await self._room.keep():
             log.debug("pruned %d shipped events from %s to stay under max_bytes", pruned, self.path)
-        if self._metrics is not None and now >= self._next_gauges:
-            self._next_gauges = now + 2.0
-            status = await self.reader.status()
-            self._metrics.gauges(status.pending, status.oldest_pending_age_s or 0.0)
 
     async def _retry_dead_letters(self) -> None:
         events = await self.reader.read_retries(self.batch_size)

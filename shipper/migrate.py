@@ -224,14 +224,22 @@ async def _check_may_create(conn: asyncpg.Connection, schema: str) -> None:
 
 
 async def ensure_schema(
-    conn: asyncpg.Connection, schema: str = DEFAULT_SCHEMA, *, lock_timeout_s: float = 10.0, check_first: bool = True
+    conn: asyncpg.Connection,
+    schema: str = DEFAULT_SCHEMA,
+    *,
+    lock_timeout_s: float = 10.0,
+    check_first: bool = True,
+    partition: str | None = None,
+    move_rows: bool = False,
 ) -> int:
     """Bring ``schema`` on ``conn`` up to date; return the version now in place.
 
     With ``check_first`` a current schema costs one round trip and no DDL; every wait on a lock
     is bounded by ``lock_timeout_s`` (a frozen migrator elsewhere then costs a retry, not a hang).
+    ``partition`` (monthly, weekly, daily): also partition the built-in tables by ``created_at``
+    (:mod:`shipper.partitions`); ``move_rows`` lets that move rows already there.
     """
-    if check_first and await is_current(conn, schema):
+    if check_first and partition is None and await is_current(conn, schema):
         return SCHEMA_VERSION
     try:
         await _check_may_create(conn, schema)
@@ -258,6 +266,10 @@ async def ensure_schema(
                 if version > current:
                     await conn.execute("INSERT INTO outbox_schema_version(version) VALUES ($1)", version)
             await _restore_columns(conn)
+            if partition is not None:
+                from .partitions import partition_tables  # it builds on this module's tables
+
+                await partition_tables(conn, partition, move_rows=move_rows)
             return SCHEMA_VERSION
     except asyncpg.LockNotAvailableError:
         raise ShipperError(
@@ -269,11 +281,20 @@ async def ensure_schema(
         raise SchemaError(f"migration failed: {exc}") from None
 
 
-async def migrate(dsn: str, *, schema: str = DEFAULT_SCHEMA, lock_timeout_s: float = 10.0) -> int:
+async def migrate(
+    dsn: str,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    lock_timeout_s: float = 10.0,
+    partition: str | None = None,
+    move_rows: bool = False,
+) -> int:
     """Create or upgrade the shipper's tables in ``schema`` of the database at ``dsn``; return the version."""
     conn = await connect(dsn)
     try:
-        return await ensure_schema(conn, schema, lock_timeout_s=lock_timeout_s, check_first=False)
+        return await ensure_schema(
+            conn, schema, lock_timeout_s=lock_timeout_s, check_first=False, partition=partition, move_rows=move_rows
+        )
     except (OSError, asyncpg.InterfaceError) as exc:
         raise ShipperError(f"migration interrupted: {exc}") from None
     finally:

@@ -32,11 +32,33 @@ from outbox.report import counted
 
 from .dsn import redact_dsn
 from .errors import ShipperError
+from .routes import parse_routes
 from .replay import ReplayResult, VerifyResult
 from .replay import replay as replay_events
 from .replay import verify as verify_events
 
-__all__ = ["cli", "main", "register_postgres_errors", "schema_option"]
+__all__ = ["cli", "main", "register_postgres_errors", "route_option", "schema_option"]
+
+
+def _routes(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_routes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def route_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add ``--route TOPIC=TABLE`` (repeatable; OUTBOX_ROUTES holds ``a=b,c=d``) as a dict."""
+    return click.option(
+        "--route",
+        "routes",
+        multiple=True,
+        envvar="OUTBOX_ROUTES",
+        show_envvar=True,
+        callback=_routes,
+        metavar="TOPIC=TABLE",
+        help="Events of TOPIC go to your own TABLE (needs an `id uuid` key; payload keys fill its columns). Repeatable.",
+    )
 
 
 def schema_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,14 +99,18 @@ register_postgres_errors(cli)
 
 
 async def _replay(
-    path: Path, dsn: str | None, since: int | None, until: int | None, topic: str | None, dry_run: bool, schema: str
-) -> ReplayResult:
+    path: Path, dsn: str | None, since: int | None, until: int | None, topic: str | None, dry_run: bool,
+    routes: dict[str, str], schema: str = "public",
+) -> tuple[ReplayResult, int]:
+    """Replay; return the result and how many dead letters in the range were left out."""
     async with OutboxReader(path) as reader:
         total = await reader.count_events(since_us=since, until_us=until, topic=topic)
         with progress("selecting" if dry_run else "replaying", total, deltas=True) as step:
-            return await replay_events(
-                reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step, schema=schema
+            result = await replay_events(
+                reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step, routes=routes,
+                schema=schema,
             )
+        return result, max(0, total - result.selected)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -93,6 +119,7 @@ async def _replay(
 @schema_option
 @range_options
 @click.option("--dry-run", is_flag=True, help="Say what would be sent; connect to nothing.")
+@route_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def replay(
     path: Path,
@@ -101,6 +128,7 @@ def replay(
     until: int | None,
     topic: str | None,
     dry_run: bool,
+    routes: dict[str, str],
     as_json: bool,
     schema: str,
 ) -> None:
@@ -118,16 +146,18 @@ def replay(
     check_range(since, until)
     if dsn is None and not dry_run:
         raise click.UsageError("Missing option '--dsn' (or set OUTBOX_DSN or DATABASE_URL)")
-    result = run(_replay(path, dsn, since, until, topic, dry_run, schema))
+    result, left_out = run(_replay(path, dsn, since, until, topic, dry_run, routes, schema))
     where = redact_dsn(dsn) if dsn else "Postgres"
+    already = result.selected - result.inserted - result.rejected
     if as_json:
         echo_json(
             {
                 "selected": result.selected,
-                "sent": result.inserted,
-                "inserted": result.inserted,
-                "already_present": result.selected - result.inserted - result.rejected,
-                "refused": result.rejected,
+                "sent": None if dry_run else result.inserted,
+                "inserted": None if dry_run else result.inserted,
+                "already_present": None if dry_run else already,  # unknown without asking Postgres
+                "refused": None if dry_run else result.rejected,
+                "dead_letters_left_out": left_out,
                 "by_topic": result.by_topic,
                 "dry_run": dry_run,
             }
@@ -139,7 +169,12 @@ def replay(
     else:
         click.echo(
             f"replayed {counted(result.selected, 'event')} to {where}: {result.inserted:,} restored,"
-            f" {result.selected - result.inserted - result.rejected:,} already there, {result.rejected:,} refused"
+            f" {already:,} already there, {result.rejected:,} refused"
+        )
+    if left_out and not as_json:
+        click.echo(
+            f"{counted(left_out, 'dead letter')} left out (a replay never sends them;"
+            f" outbox dead retry {path} marks them for the shipper)"
         )
     if result.rejected:
         raise click.ClickException(
@@ -151,19 +186,20 @@ def replay(
 # -- verify --------------------------------------------------------------------------------------
 
 
-async def _verify(path: Path, dsn: str, schema: str) -> VerifyResult:
+async def _verify(path: Path, dsn: str, routes: dict[str, str], schema: str = "public") -> VerifyResult:
     async with OutboxReader(path) as reader:
         total = (await reader.status()).shipped
         with progress("verifying", total, deltas=True) as step:
-            return await verify_events(reader, dsn, progress=step, schema=schema)
+            return await verify_events(reader, dsn, progress=step, routes=routes, schema=schema)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @path_argument
 @dsn_option()
+@route_option()
 @schema_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (missing ids included).")
-def verify(path: Path, dsn: str, as_json: bool, schema: str) -> None:
+def verify(path: Path, dsn: str, routes: dict[str, str], as_json: bool, schema: str) -> None:
     """Prove that every shipped event still in the outbox is in Postgres.
 
     Checks in chunks, so any size of outbox works. Prints how many are missing per topic and
@@ -174,7 +210,7 @@ def verify(path: Path, dsn: str, as_json: bool, schema: str) -> None:
       outbox verify events.db --dsn postgresql://bot@db/bot
       OUTBOX_DSN=postgresql://bot@db/bot outbox verify events.db --json
     """
-    result = run(_verify(path, dsn, schema))
+    result = run(_verify(path, dsn, routes, schema))
     missing = sum(result.missing.values())
     where = redact_dsn(dsn)
     if as_json:
@@ -197,7 +233,7 @@ def verify(path: Path, dsn: str, as_json: bool, schema: str) -> None:
     if missing:
         raise click.ClickException(
             f"{counted(missing, 'shipped event')} {'is' if missing == 1 else 'are'} missing from Postgres;"
-            f" `outbox replay {path}` sends them again"
+            f" `outbox replay {path} --dsn DSN` (the same DSN) sends them again"
         )
 
 

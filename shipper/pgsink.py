@@ -6,11 +6,12 @@ committed batch fails on the ledger's primary key and is refused whole, so COPY 
 ``ON CONFLICT``.
 
 Careful path, when the fast one hits a row Postgres refuses or an id it already holds (a replay,
-an import): in one transaction, the ledger row, then each table's rows sent as one array per
-column and moved with ``INSERT .. SELECT FROM unnest(..) ON CONFLICT (id) DO NOTHING`` inside a
-savepoint (no temporary table: hosted roles often lack TEMP). A refused chunk is bisected,
-savepoint by savepoint, down to the rows at fault; those are handed to ``set_aside`` before the
-commit and the rest ship.
+an import): in one transaction, the ledger row, then each table's rows moved in without a
+temporary table (hosted roles often lack TEMP): ``outbox_events`` rows as one array per column,
+``INSERT .. SELECT FROM unnest(..) ON CONFLICT DO NOTHING``; a route's rows (:mod:`shipper.routes`)
+as text with Postgres's casts (:mod:`shipper.refusals`); each chunk inside a savepoint. A refused
+chunk is bisected, savepoint by savepoint, down to the rows at fault; those are handed to
+``set_aside`` before the commit and the rest ship.
 
 Both paths start with the lease's fence (:mod:`shipper.lease`) and ``SET LOCAL`` timeouts, so a
 batch of a shipper that lost its lease is refused whole, and a frozen shipper's transaction ends
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -33,9 +34,12 @@ from .connection import connect, local_settings, qualified, quote_ident
 from .dsn import redact_dsn
 from .errors import LeaseLost, classify
 from .lease import fence_sql, release_sql, renew_sql, take_sql
-from .migrate import COMMAND_TABLE, DEFAULT_SCHEMA, EVENT_TABLE, LEDGER_TABLE, ensure_schema
+from .migrate import DEFAULT_SCHEMA, EVENT_TABLE, LEDGER_TABLE, ensure_schema
 from .pgcopy import copy_with_statements
-from .rows import COMMAND_TOPIC, Table, route
+from .partitions import Partitions
+from .refusals import column_at_fault, insert_text, refusal_kind
+from .routes import Router
+from .rows import Table
 from .sink import Batch, SendResult, SetAside
 
 __all__ = ["PostgresSink"]
@@ -43,7 +47,6 @@ __all__ = ["PostgresSink"]
 log = logging.getLogger(__name__)
 
 _LEDGER_KEY = f"{LEDGER_TABLE}_pkey"
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class PostgresSink:
@@ -64,6 +67,10 @@ class PostgresSink:
     batch_timeout:
         Seconds a batch transaction may run (``SET LOCAL statement_timeout``): a shipper frozen
         mid-batch releases its locks after this long. The shipper passes its lease's TTL.
+    routes:
+        ``{topic: table}``: the user's own tables (:mod:`shipper.routes`).
+    pg_retention_s:
+        Drop whole partitions older than this (:mod:`shipper.partitions`); None keeps them all.
     """
 
     def __init__(
@@ -75,8 +82,12 @@ class PostgresSink:
         schema: str = DEFAULT_SCHEMA,
         lock_timeout: float = 5.0,
         batch_timeout: float = 30.0,
+        routes: Mapping[str, str] | None = None,
+        pg_retention_s: float | None = None,
     ) -> None:
         self.dsn = dsn
+        self.router = Router(routes, schema=schema)
+        self.partitions = Partitions(self.router.schema, retention_s=pg_retention_s)
         self.where = redact_dsn(dsn)
         self.schema = schema
         self._migrate = migrate
@@ -98,6 +109,8 @@ class PostgresSink:
             if self._migrate and not self._migrated:
                 await ensure_schema(conn, self.schema, lock_timeout_s=self._lock_timeout)
                 self._migrated = True
+            await self.router.load(conn)  # on every connect: a schema error reconnects, so re-reads
+            await self.partitions.load(conn, self.router.tables)
         except BaseException:
             conn.terminate()
             raise
@@ -162,8 +175,9 @@ class PostgresSink:
 
     async def send(self, batch: Batch, set_aside: SetAside) -> SendResult:
         """Deliver a batch: fast path first, careful path if a row is refused or already there."""
-        routed = batch.routed
+        routed = batch.routed if batch.router is self.router else self.router.route(batch.events)
         conn = self.conn
+        await self.partitions.ensure(conn, routed.tables)
         if routed.refused:  # before the commit: a crash in between must not lose them
             await set_aside(routed.refused)
         try:
@@ -177,8 +191,8 @@ class PostgresSink:
             if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == _LEDGER_KEY:
                 # this batch's ledger row is already there: a repeat, refused whole
                 return SendResult(already_shipped_to=await self._ledger_end(batch))
-            kind = classify(exc)
-            if kind == "lease":
+            kind = refusal_kind(exc, routed.tables)
+            if classify(exc) == "lease":
                 raise LeaseLost(f"batch after seq {batch.after_seq} refused: {_one_line(exc)}") from None
             if kind not in ("row", "conflict"):
                 raise
@@ -204,7 +218,8 @@ class PostgresSink:
 
     async def upsert(self, events: Sequence[Event], set_aside: SetAside | None = None) -> SendResult:
         """Deliver events in one transaction, skipping ids already present, isolating bad rows."""
-        routed = route(events)
+        routed = self.router.route(events)
+        await self.partitions.ensure(self.conn, routed.tables)
         result = SendResult(rejected=list(routed.refused), added=0)
         async with self.conn.transaction():
             await self.conn.execute(
@@ -220,22 +235,24 @@ class PostgresSink:
         return result
 
     async def missing(self, events: Sequence[Event]) -> list[Event]:
-        """Return the events whose id is in neither table."""
+        """Return the events whose id is in no table: their route's, or ``outbox_events`` (where
+        a topic's events went before it had a route)."""
+        by_table: dict[str, list[Event]] = {}
+        for event in events:
+            by_table.setdefault(self.router.table_of(event.topic), []).append(event)
         found: set[str] = set()
-        parts = []
-        for table, topic_is_command in ((EVENT_TABLE, False), (COMMAND_TABLE, True)):
-            ids = [e.id for e in events if (e.topic == COMMAND_TOPIC) == topic_is_command]
-            if ids:
-                if not all(_UUID.fullmatch(i) for i in ids):
-                    raise ValueError("an event id in the outbox is not a UUID")
-                parts.append(
-                    f"SELECT u::text FROM unnest('{{{','.join(ids)}}}'::uuid[]) AS u"
-                    f" WHERE NOT EXISTS (SELECT 1 FROM {self._table(table)} AS t WHERE t.id = u)"
-                )
-        if not parts:
-            return []
-        found = set((await self._rows_text(" UNION ALL ".join(parts))).split())  # one round trip
-        return [e for e in events if e.id in found]
+        for table, group in by_table.items():
+            found |= await self._held(table, group)
+            if table != EVENT_TABLE:
+                found |= await self._held(EVENT_TABLE, [e for e in group if e.id not in found])
+        return [e for e in events if e.id not in found]
+
+    async def _held(self, table: str, events: Sequence[Event]) -> set[str]:
+        if not events:
+            return set()
+        ids = ",".join(str(uuid.UUID(e.id)) for e in events)  # checked: formatted into the query
+        text = await self._rows_text(f"SELECT id::text FROM {self._table(table)} WHERE id = ANY('{{{ids}}}'::uuid[])")
+        return set(text.split())  # one round trip (a COPY), where a fetch is two with the cache off
 
     async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
         """Drop ledger rows older than the retention, always keeping the newest."""
@@ -245,6 +262,7 @@ class PostgresSink:
             f" AND shipped_at < now() - make_interval(secs => {float(retention_s)!r})"
             f" AND after_seq < (SELECT max(after_seq) FROM {ledger} WHERE outbox_id = {oid})"
         )
+        await self.partitions.housekeeping(self.conn)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -330,21 +348,25 @@ class PostgresSink:
     ) -> list[tuple[Event, str]]:
         """Insert rows from one array per column inside a savepoint; bisect on a refused row."""
         conn = self.conn
-        types = await self._array_types(table)
         columns = ", ".join(quote_ident(c) for c in table.columns)
+        types = [] if table.spec is not None else await self._array_types(table)
         arrays = ", ".join(f"${i}::{kind}" for i, kind in enumerate(types, 1))
         try:
             async with conn.transaction():  # a savepoint: a refusal undoes only this chunk
-                status = await conn.execute(
-                    f"INSERT INTO {self._table(table.name)} ({columns}) SELECT * FROM unnest({arrays})"
-                    " ON CONFLICT (id) DO NOTHING",
-                    *(list(column) for column in zip(*rows)),
-                )
+                if table.spec is not None:  # a route's text rows, cast by Postgres
+                    status = f"INSERT 0 {await insert_text(conn, self.router.schema, table, rows)}"
+                else:
+                    status = await conn.execute(
+                        f"INSERT INTO {self._table(table.name)} ({columns}) SELECT * FROM unnest({arrays})"
+                        f" ON CONFLICT ({', '.join(quote_ident(c) for c in table.conflict)}) DO NOTHING",
+                        *(list(column) for column in zip(*rows)),
+                    )
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if classify(exc) != "row":
+            if refusal_kind(exc, [table]) != "row":
                 raise
             if len(rows) == 1:
-                return [(events[0], _one_line(exc))]
+                where = await column_at_fault(conn, table, rows[0], exc) if table.spec is not None else ""
+                return [(events[0], where + _one_line(exc))]
             mid = len(rows) // 2
             return await self._upsert(table, rows[:mid], events[:mid], added) + await self._upsert(
                 table, rows[mid:], events[mid:], added

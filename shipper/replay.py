@@ -7,7 +7,7 @@ Both read the outbox in chunks (memory stays flat on any size) and go through th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from typing import TypeVar
@@ -63,6 +63,7 @@ async def replay(
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
     schema: str = "public",
+    routes: Mapping[str, str] | None = None,
 ) -> ReplayResult:
     """Send the selected events (shipped ones too) again; ids already in Postgres are skipped.
 
@@ -73,7 +74,7 @@ async def replay(
     own = sink is None and not dry_run
     if own:
         assert dsn is not None, "replay needs a dsn or a sink"
-        sink = PostgresSink(dsn, schema=schema)
+        sink = PostgresSink(dsn, schema=schema, routes=routes)
     try:
         if sink is not None and not dry_run:
             await sink.open()
@@ -101,6 +102,7 @@ async def verify(
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
     schema: str = "public",
+    routes: Mapping[str, str] | None = None,
 ) -> VerifyResult:
     """Check that every shipped event still in the outbox is present in Postgres."""
     result = VerifyResult()
@@ -108,7 +110,7 @@ async def verify(
     own = sink is None
     if sink is None:
         assert dsn is not None, "verify needs a dsn or a sink"
-        sink = PostgresSink(dsn, migrate=False, schema=schema)
+        sink = PostgresSink(dsn, migrate=False, schema=schema, routes=routes)
     try:
         await sink.open()
         async for chunk in reader.iter_events(shipped_only=True, chunk=_VERIFY_CHUNK):
