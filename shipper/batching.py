@@ -5,6 +5,7 @@ events a batch caps a drain near 10k events/s whatever the bandwidth. So while b
 full (more is waiting) the limit doubles, past ``batch_size``, until a batch would exceed
 ``max_bytes`` (memory, and the time one transaction holds its locks); a short batch (the
 backlog is gone) brings it back to ``batch_size``, so light traffic keeps small, quick batches.
+``max_bytes=0`` turns growth off: ``batch_size`` is then a hard limit.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def batch_bytes(batch: Batch) -> int:
 
 def next_limit(limit: int, got: int, nbytes: int, *, batch_size: int, max_bytes: int) -> int:
     """The events to read for the next batch, after one of ``got`` events and ``nbytes`` bytes."""
-    if got < limit:  # nothing more was waiting
+    if got < limit or max_bytes <= 0:  # nothing more was waiting, or growth is off
         return batch_size
     per_event = max(1, nbytes // max(1, got))
     return max(batch_size, max_bytes // per_event)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from outbox import OutboxError, OutboxReader
 from outbox.clilog import log_to_stderr
@@ -31,6 +32,7 @@ from outbox.clitools import SHIPPER_EXIT_CODES_HELP as EXIT_CODES_HELP
 from outbox.report import counted
 
 from .dsn import redact_dsn
+from .batching import MAX_BATCH_BYTES
 from .errors import ShipperError
 from .loop import Shipper, ShipperStats
 from .migrate import migrate as migrate_schema
@@ -59,6 +61,7 @@ class ShipperSettings:
     lease_ttl: float = 30.0
     routes: dict[str, str] = field(default_factory=dict)
     pg_retention_s: float | None = None
+    grow_batches: bool = True  # False: batch_size is a hard limit (an explicit --batch-size)
 
     def sink(self, lock_timeout: float = 5.0) -> PostgresSink:
         """The Postgres sink these settings describe."""
@@ -79,6 +82,7 @@ class ShipperSettings:
             sink=sink,
             schema=self.schema,
             lease_ttl=self.lease_ttl,
+            max_batch_bytes=MAX_BATCH_BYTES if self.grow_batches else 0,
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
             metrics_port=self.metrics_port,
@@ -133,7 +137,12 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
             " after the leader dies or freezes.",
         ),
         click.option(
-            "--batch-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Most events per batch."
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=1000,
+            show_default=True,
+            help="Most events per batch when given; by default batches start at 1000 and grow while a backlog"
+            " waits, up to about 4 MiB (fewer round trips to a distant Postgres).",
         ),
         click.option(
             "--flush-interval",
@@ -214,6 +223,7 @@ def _settings(options: dict[str, Any]) -> ShipperSettings:
         lease_ttl=options["lease_ttl"],
         routes=options["routes"],
         pg_retention_s=options.get("pg_retention"),
+        grow_batches=click.get_current_context().get_parameter_source("batch_size") is ParameterSource.DEFAULT,
     )
 
 

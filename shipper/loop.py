@@ -83,7 +83,8 @@ class Shipper:
         Seconds the lease lasts unrenewed: a standby takes over about this long after the
         leader dies or freezes; a batch transaction may run at most this long.
     max_batch_bytes:
-        While a backlog waits batches grow past ``batch_size``, up to about this many bytes.
+        While a backlog waits batches grow past ``batch_size``, up to about this many bytes
+        (0: never; ``batch_size`` is then the most events per batch).
     routes:
         ``{topic: table}``: topics that land in the user's own tables (:mod:`shipper.routes`).
     pg_retention_s:
