@@ -1,0 +1,162 @@
+"""Opening an outbox for reading: its identity, its side file, and the connections over both.
+
+A reader that ships (``create=True``) may change the files it opens: it forks a copy to a new
+identity (:mod:`outbox.identity`) and makes the ``PATH-ship`` side file. A reader that only
+looks (``outbox status``, ``export``, ``dead list``) changes nothing: with no side file yet, an
+empty one in memory stands in until its first write (:func:`materialize`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import aiosqlite
+
+from . import identity, schema
+from .errors import OutboxError, OutboxFullError, disk_is_full
+
+__all__ = ["Opened", "prepare", "connect", "connect_inline", "materialize", "fork", "error"]
+
+WAL_KEEP_BYTES = 256 * 1024
+
+
+class Opened(NamedTuple):
+    """What :func:`prepare` found: the outbox's id, the ids it had before, and no side file yet."""
+
+    outbox_id: str
+    previous: list[str]
+    side_missing: bool
+
+
+def error(path: Path, exc: sqlite3.Error, what: str = "outbox") -> OutboxError:
+    """Translate a sqlite3 error met reading or noting progress, naming the file."""
+    if disk_is_full(exc, path):
+        return OutboxFullError(f"the disk holding outbox {path} is full")
+    return OutboxError(f"{what} {path}: {exc}")
+
+
+def prepare(path: Path, create: bool) -> Opened:
+    """Check both files before connecting; a shipper's (``create``) forks a copy and makes the side file."""
+    events = schema.connect_events(path, create=create)
+    try:
+        found = schema.outbox_id_of(events, path)  # a file with no id is damaged
+        if not create:
+            # only looking (status, export, dead list ...): no fork, no side file made; the
+            # shipper (create=True) and the appenders do those
+            previous = identity.previous_ids(events)
+            schema.check_shipped_within(events, path, found, previous)
+            side_missing = not schema.ship_path(path).exists()
+            if not side_missing:
+                schema.connect_ship(path, found, previous).close()
+            return Opened(found, previous, side_missing)
+        try:
+            outbox_id = identity.ensure_identity(events, path)  # a copy forks here
+            if not schema.ship_path(path).exists() and identity.had_side_file(events):
+                # its cursor and dead letters are gone: Postgres's ledger would skip the
+                # dead letters as shipped. A new identity re-sends what the file holds,
+                # and what Postgres refuses becomes a dead letter again.
+                outbox_id = identity.fork(
+                    events, path, f"its side file {schema.ship_path(path)} (progress, dead letters) is missing"
+                )
+            previous = identity.previous_ids(events)
+        except sqlite3.Error as exc:
+            raise error(path, exc) from None
+        schema.check_shipped_within(events, path, outbox_id, previous)
+        schema.connect_ship(path, outbox_id, previous).close()
+        try:
+            identity.note_side_file(events)
+        except sqlite3.Error:
+            pass  # read-only: the next writer notes it
+    finally:
+        events.close()
+    return Opened(outbox_id, previous, False)
+
+
+async def connect(path: Path, side_missing: bool) -> aiosqlite.Connection:
+    """Connect to the events file as ``main`` and the side file (or its stand-in) as ``ship``."""
+    db = await aiosqlite.connect(path, isolation_level=None, timeout=schema.BUSY_TIMEOUT_MS / 1000)
+    try:
+        await db.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
+        await db.execute("PRAGMA wal_autocheckpoint = 0")
+        await _attach_ship(db, path, side_missing)
+        # when this connection's write starts a WAL over, the file is cut back: max_bytes counts it
+        await db.execute(f"PRAGMA main.journal_size_limit = {WAL_KEEP_BYTES}")
+        await db.execute(f"PRAGMA ship.journal_size_limit = {WAL_KEEP_BYTES // 4}")
+    except sqlite3.Error as exc:
+        await db.close()
+        raise error(path, exc, "cannot open outbox") from None
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def _attach_ship(db: aiosqlite.Connection, path: Path, side_missing: bool) -> None:
+    if not side_missing:
+        await db.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(path)),))
+        return
+    # Only looking (create=False) at an outbox never shipped: an empty side file in memory,
+    # so `outbox status` and `export` create and change nothing (nothing has shipped, and
+    # there are no dead letters to list). The first write makes the real one (materialize).
+    await db.execute("ATTACH DATABASE ':memory:' AS ship")
+    await db.executescript(schema.empty_ship_script())
+
+
+def connect_inline(path: Path, side_missing: bool) -> sqlite3.Connection:
+    """Connect for ``read_pending(on_loop=True)``: read-only use, on the loop's own thread."""
+    # Never shared between two threads at once (each read runs to its end on the loop's
+    # thread), hence check_same_thread=False for a loop that moves threads.
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise error(path, exc, "cannot open outbox") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
+        if side_missing:
+            conn.execute("ATTACH DATABASE ':memory:' AS ship")
+            conn.executescript(schema.empty_ship_script())
+        else:
+            conn.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(path)),))
+    except sqlite3.Error as exc:
+        conn.close()
+        raise error(path, exc, "cannot open outbox") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+async def materialize(
+    path: Path, opened: Opened, db: aiosqlite.Connection, inline: sqlite3.Connection | None
+) -> None:
+    """Before a looking reader's first write: make the real side file and attach it in place of the stand-in."""
+    await asyncio.to_thread(lambda: schema.connect_ship(path, opened.outbox_id, opened.previous).close())
+    side = str(schema.ship_path(path))
+    try:
+        await db.execute("DETACH DATABASE ship")
+        await db.execute("ATTACH DATABASE ? AS ship", (side,))
+        await db.execute(f"PRAGMA ship.journal_size_limit = {WAL_KEEP_BYTES // 4}")
+        if inline is not None:
+            inline.execute("DETACH DATABASE ship")
+            inline.execute("ATTACH DATABASE ? AS ship", (side,))
+    except sqlite3.Error as exc:
+        raise error(path, exc) from None
+
+
+def fork(path: Path, why: str) -> tuple[str, Sequence[str]]:
+    """Give the outbox at ``path`` a new id, its side file carried over; return the id and the ones before."""
+    try:
+        events = schema.connect_events(path, create=False)
+        try:
+            outbox_id = identity.fork(events, path, why)
+            previous = identity.previous_ids(events)
+        finally:
+            events.close()
+        schema.connect_ship(path, outbox_id, previous).close()
+    except sqlite3.Error as exc:
+        raise error(path, exc) from None
+    return outbox_id, previous
