@@ -1,0 +1,159 @@
+"""Looking needs no write access: ``outbox status``, ``export`` and ``dead list`` as a user who can
+only read the files, and on a read-only mount, with and without a live writer beside them.
+
+Each command runs as a real child process. As root (CI), the child runs with every capability
+dropped (``setpriv --bounding-set=-all``), so file modes bind it as they bind any other user;
+the read-only bind mounts need root and are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from outbox import Outbox, OutboxReader
+from outbox.reader import Event
+
+from cli_support import fill, run, script_path
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT or shutil.which("mount") is None, reason="a bind mount needs root")
+
+
+def looking(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``outbox ARGS`` as a process that cannot write what the file modes forbid."""
+    prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if ROOT else []
+    return subprocess.run(
+        [*prefix, str(script_path("outbox")), *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
+def snapshot(d: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file in ``d``: size, mtime, mode (what looking must not change)."""
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode) for p in sorted(d.iterdir())}
+
+
+async def shipped_with_a_dead_letter(path: Path, n: int = 20) -> None:
+    """``n`` events; the first 10 shipped, one of them (seq 3) a dead letter."""
+    await fill(path, n)
+    async with OutboxReader(path, create=True) as reader:
+        (ev,) = [e for e in await reader.read_pending(10) if e.seq == 3]
+        await reader.set_aside([(Event(*ev), "refused by Postgres")])
+        await reader.advance(10)
+
+
+@contextmanager
+def read_only_files(d: Path) -> Iterator[None]:
+    """Files 0444 and their directory 0555 (put back after, so tmp_path can be cleaned)."""
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [d, *d.iterdir()]}
+    for p in d.iterdir():
+        p.chmod(0o444)
+    d.chmod(0o555)
+    try:
+        yield
+    finally:
+        for p, mode in modes.items():
+            if p.exists():
+                p.chmod(mode)
+        for p in d.iterdir():
+            p.chmod(stat.S_IMODE(p.stat().st_mode) | 0o200)
+
+
+@contextmanager
+def read_only_mount(d: Path, at: Path) -> Iterator[Path]:
+    """``d`` bind-mounted read-only at ``at``."""
+    at.mkdir()
+    subprocess.run(["mount", "--bind", str(d), str(at)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(at)], check=True)
+        yield at
+    finally:
+        subprocess.run(["umount", str(at)], check=True)
+
+
+def assert_looks(path: Path, env: dict[str, str], pending: int, total: int) -> None:
+    """``status``, ``export`` and ``dead list`` succeed and see every event, the live ones too."""
+    status = looking("status", str(path), "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    counts = json.loads(status.stdout)
+    assert (counts["pending"], counts["shipped"], counts["dead"]) == (pending, 9, 1), counts
+    export = looking("export", str(path), env=env)
+    assert export.returncode == 0, export.stderr
+    assert len(export.stdout.splitlines()) == total
+    dead = looking("dead", "list", str(path), env=env)
+    assert dead.returncode == 0, dead.stderr
+    assert "refused by Postgres" in dead.stdout
+
+
+def test_a_user_who_can_only_read_can_look(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    path = d / "events.db"
+    run(shipped_with_a_dead_letter(path))
+    before = snapshot(d)
+    with read_only_files(d):
+        assert_looks(path, subprocess_env, pending=10, total=20)
+        after = snapshot(d)
+    assert after.keys() == before.keys(), "looking made a file"
+    assert {k: v[:2] for k, v in after.items()} == {k: v[:2] for k, v in before.items()}, "looking changed a file"
+
+
+@pytest.mark.skipif(not ROOT, reason="a writer beside a read-only user: only root can write where it cannot")
+def test_a_user_who_can_only_read_sees_a_live_writers_events(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    path = d / "events.db"
+    run(shipped_with_a_dead_letter(path))
+    path.chmod(0o644)  # the writer's -wal and -shm get the same mode: readable by the looker
+
+    async def live() -> None:
+        async with Outbox(path) as ob:
+            for i in range(5):
+                await ob.append("late", {"i": i})  # in the -wal, not checkpointed
+            assert Path(f"{path}-wal").exists()
+            with read_only_files(d):
+                assert_looks(path, subprocess_env, pending=15, total=25)  # the writer still open
+
+    run(live())
+
+
+@needs_root
+def test_looking_through_a_read_only_mount(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    path = d / "events.db"
+    run(shipped_with_a_dead_letter(path))
+    before = snapshot(d)
+    with read_only_mount(d, tmp_path / "ro") as ro:
+        assert_looks(ro / "events.db", subprocess_env, pending=10, total=20)
+    assert snapshot(d) == before
+
+    async def live() -> None:
+        async with Outbox(path) as ob:
+            for i in range(5):
+                await ob.append("late", {"i": i})
+            with read_only_mount(d, tmp_path / "ro2") as ro:
+                assert_looks(ro / "events.db", subprocess_env, pending=15, total=25)
+
+    run(live())
+
+
+def test_a_write_without_write_access_names_the_file(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    path = d / "events.db"
+    run(shipped_with_a_dead_letter(path))
+    with read_only_files(d):
+        retry = looking("dead", "retry", str(path), env=subprocess_env)
+    assert retry.returncode == 3, (retry.stdout, retry.stderr)
+    (line,) = retry.stderr.splitlines()
+    assert f"cannot open {path}-ship for writing" in line and "ermission denied" in line, line
+    assert "Traceback" not in retry.stderr
