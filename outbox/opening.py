@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import aiosqlite
 
-from . import identity, schema
+from . import identity, readonly, schema
 from .errors import OutboxError, OutboxFullError, disk_is_full
 
 __all__ = ["Opened", "prepare", "connect", "connect_inline", "materialize", "fork", "error"]
@@ -25,11 +25,12 @@ WAL_KEEP_BYTES = 256 * 1024
 
 
 class Opened(NamedTuple):
-    """What :func:`prepare` found: the outbox's id, the ids it had before, and no side file yet."""
+    """What :func:`prepare` found: the outbox's id, the ids it had before, no side file yet, no write access."""
 
     outbox_id: str
     previous: list[str]
     side_missing: bool
+    read_only: bool = False
 
 
 def error(path: Path, exc: sqlite3.Error, what: str = "outbox") -> OutboxError:
@@ -41,6 +42,9 @@ def error(path: Path, exc: sqlite3.Error, what: str = "outbox") -> OutboxError:
 
 def prepare(path: Path, create: bool) -> Opened:
     """Check both files before connecting; a shipper's (``create``) forks a copy and makes the side file."""
+    ship = schema.ship_path(path)
+    if not create and not (readonly.can_write(path) and (not ship.exists() or readonly.can_write(ship))):
+        return _prepare_read_only(path)
     events = schema.connect_events(path, create=create)
     try:
         found = schema.outbox_id_of(events, path)  # a file with no id is damaged
@@ -76,13 +80,44 @@ def prepare(path: Path, create: bool) -> Opened:
     return Opened(outbox_id, previous, False)
 
 
-async def connect(path: Path, side_missing: bool) -> aiosqlite.Connection:
+def _prepare_read_only(path: Path) -> Opened:
+    """Check the files without writing a byte: a user who can only read them, or a read-only mount."""
+    events = schema.connect_events(path, create=False, read_only=True)
+    try:
+        found = schema.outbox_id_of(events, path)
+        previous = identity.previous_ids(events)
+        schema.check_shipped_within(events, path, found, previous)
+    except sqlite3.Error as exc:
+        raise error(path, exc, "cannot read outbox") from None
+    finally:
+        events.close()
+    ship = schema.ship_path(path)
+    side_id = None
+    if ship.exists():
+        try:
+            conn = sqlite3.connect(readonly.uri(ship), uri=True, timeout=schema.BUSY_TIMEOUT_MS / 1000)
+            try:
+                side_id = conn.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise error(ship, exc, "cannot read side file") from None
+    # a side file of another outbox (the events file was replaced) is not this one's: a writer
+    # moves it aside; a reader without write access leaves it and reads an empty one instead
+    ours = side_id is not None and side_id[0] in (found, *previous)
+    return Opened(found, previous, side_missing=not ours, read_only=True)
+
+
+async def connect(path: Path, opened: Opened) -> aiosqlite.Connection:
     """Connect to the events file as ``main`` and the side file (or its stand-in) as ``ship``."""
-    db = await aiosqlite.connect(path, isolation_level=None, timeout=schema.BUSY_TIMEOUT_MS / 1000)
+    ro = opened.read_only
+    db = await aiosqlite.connect(
+        readonly.uri(path) if ro else path, isolation_level=None, timeout=schema.BUSY_TIMEOUT_MS / 1000, uri=ro
+    )
     try:
         await db.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
         await db.execute("PRAGMA wal_autocheckpoint = 0")
-        await _attach_ship(db, path, side_missing)
+        await _attach_ship(db, path, opened)
         # when this connection's write starts a WAL over, the file is cut back: max_bytes counts it
         await db.execute(f"PRAGMA main.journal_size_limit = {WAL_KEEP_BYTES}")
         await db.execute(f"PRAGMA ship.journal_size_limit = {WAL_KEEP_BYTES // 4}")
@@ -95,9 +130,9 @@ async def connect(path: Path, side_missing: bool) -> aiosqlite.Connection:
     return db
 
 
-async def _attach_ship(db: aiosqlite.Connection, path: Path, side_missing: bool) -> None:
-    if not side_missing:
-        await db.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(path)),))
+async def _attach_ship(db: aiosqlite.Connection, path: Path, opened: Opened) -> None:
+    if not opened.side_missing:
+        await db.execute("ATTACH DATABASE ? AS ship", (_ship_name(path, opened),))
         return
     # Only looking (create=False) at an outbox never shipped: an empty side file in memory,
     # so `outbox status` and `export` create and change nothing (nothing has shipped, and
@@ -106,21 +141,27 @@ async def _attach_ship(db: aiosqlite.Connection, path: Path, side_missing: bool)
     await db.executescript(schema.empty_ship_script())
 
 
-def connect_inline(path: Path, side_missing: bool) -> sqlite3.Connection:
+def _ship_name(path: Path, opened: Opened) -> str:
+    ship = schema.ship_path(path)
+    return readonly.uri(ship) if opened.read_only else str(ship)
+
+
+def connect_inline(path: Path, opened: Opened) -> sqlite3.Connection:
     """Connect for ``read_pending(on_loop=True)``: read-only use, on the loop's own thread."""
     # Never shared between two threads at once (each read runs to its end on the loop's
     # thread), hence check_same_thread=False for a loop that moves threads.
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        ro = opened.read_only
+        conn = sqlite3.connect(readonly.uri(path) if ro else path, isolation_level=None, check_same_thread=False, uri=ro)
     except sqlite3.Error as exc:
         raise error(path, exc, "cannot open outbox") from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
-        if side_missing:
+        if opened.side_missing:
             conn.execute("ATTACH DATABASE ':memory:' AS ship")
             conn.executescript(schema.empty_ship_script())
         else:
-            conn.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(path)),))
+            conn.execute("ATTACH DATABASE ? AS ship", (_ship_name(path, opened),))
     except sqlite3.Error as exc:
         conn.close()
         raise error(path, exc, "cannot open outbox") from None
@@ -134,6 +175,8 @@ async def materialize(
     path: Path, opened: Opened, db: aiosqlite.Connection, inline: sqlite3.Connection | None
 ) -> None:
     """Before a looking reader's first write: make the real side file and attach it in place of the stand-in."""
+    if opened.read_only:
+        raise readonly.write_refused(schema.ship_path(path), path) or OutboxError(f"outbox {path} is read-only here")
     await asyncio.to_thread(lambda: schema.connect_ship(path, opened.outbox_id, opened.previous).close())
     side = str(schema.ship_path(path))
     try:

@@ -79,9 +79,9 @@ class OutboxReader:
             raise OutboxClosedError(f"reader of {self.path} is closed")
         self._opened = await asyncio.to_thread(opening.prepare, self.path, self._create)
         self.outbox_id = self._opened.outbox_id
-        db = await opening.connect(self.path, self._opened.side_missing)
+        db = await opening.connect(self.path, self._opened)
         try:
-            inline = opening.connect_inline(self.path, self._opened.side_missing)
+            inline = opening.connect_inline(self.path, self._opened)
         except BaseException:
             await db.close()
             raise
@@ -90,11 +90,11 @@ class OutboxReader:
 
     async def _materialize(self) -> None:
         """Before a first write: make the real side file and attach it in place of the stand-in."""
-        if not self._opened.side_missing:
+        if not (self._opened.side_missing or self._opened.read_only):
             return
         opened = self._opened._replace(outbox_id=self.outbox_id)
+        await opening.materialize(self.path, opened, self.db, self._inline)  # refuses without write access
         self._opened = opened._replace(side_missing=False)
-        await opening.materialize(self.path, opened, self.db, self._inline)
 
     async def fork(self, why: str) -> str:
         """Take a new outbox id (the shipper found this file is a copy); return it.

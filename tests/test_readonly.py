@@ -8,6 +8,7 @@ the read-only bind mounts need root and are skipped otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 
@@ -23,6 +25,7 @@ from outbox import Outbox, OutboxReader
 from outbox.reader import Event
 
 from cli_support import fill, run, script_path
+from pgproxy import PgProxy
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT or shutil.which("mount") is None, reason="a bind mount needs root")
@@ -157,3 +160,54 @@ def test_a_write_without_write_access_names_the_file(tmp_path: Path, subprocess_
     (line,) = retry.stderr.splitlines()
     assert f"cannot open {path}-ship for writing" in line and "ermission denied" in line, line
     assert "Traceback" not in retry.stderr
+
+
+async def test_a_shipper_that_cannot_write_the_side_file_names_it(
+    tmp_path: Path, subprocess_env: dict[str, str], pg_dsn: str
+) -> None:
+    """It used to blame Postgres ("cannot reach Postgres at ...: Permission denied").
+
+    Postgres through a loopback proxy: the child may not reach the embedded server's socket.
+    """
+    d = tmp_path / "d"
+    d.mkdir()
+    path = d / "events.db"
+    await shipped_with_a_dead_letter(path)
+    side = Path(f"{path}-ship")
+    side.chmod(0o444)
+    proxy = PgProxy(pg_dsn)
+    await proxy.start()
+    try:
+        prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if ROOT else []
+        args = ["drain", "--outbox", str(path), "--dsn", proxy.dsn, "--timeout", "30"]
+        child = await asyncio.create_subprocess_exec(
+            *prefix, str(script_path("shipper")), *args, env=subprocess_env, stdout=PIPE, stderr=PIPE
+        )
+        out, err = await asyncio.wait_for(child.communicate(), 120)
+    finally:
+        await proxy.cut()
+        side.chmod(0o600)
+    assert child.returncode == 3, (out, err)
+    (line,) = err.decode().splitlines()
+    assert f"cannot open {side} for writing: permission denied" in line, line
+    assert "Postgres" not in line
+
+
+@needs_root
+def test_a_side_file_of_another_outbox_on_a_read_only_mount_is_left_alone(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """A writer moves it aside; a reader that cannot write reads an empty one instead."""
+    d = tmp_path / "d"
+    d.mkdir()
+    path = d / "events.db"
+    run(shipped_with_a_dead_letter(path))
+    other = tmp_path / "other.db"
+    run(shipped_with_a_dead_letter(other, n=30))
+    Path(f"{path}-ship").write_bytes(Path(f"{other}-ship").read_bytes())  # not this outbox's
+    before = snapshot(d)
+    with read_only_mount(d, tmp_path / "ro") as ro:
+        status = looking("status", str(ro / "events.db"), "--json", env=subprocess_env)
+    assert status.returncode == 0, status.stderr
+    assert (json.loads(status.stdout)["pending"], json.loads(status.stdout)["dead"]) == (20, 0)
+    assert snapshot(d) == before
