@@ -65,9 +65,10 @@ class Status:
 async def count(path: Path, one: Query, all_: Query, cursor: int, last: int, per_topic: bool) -> Status:
     """Count a reader's events (``one``/``all_`` run its queries) around ``cursor``; ``per_topic`` scans the whole file."""
     pending = int(await one(f"SELECT count(*) FROM events e WHERE e.seq > ? AND {NOT_SET_ASIDE}", (cursor,)))
+    retrying = int(await one("SELECT count(*) FROM ship.dead WHERE status = 'retry'"))  # pending again
     below = int(await one("SELECT count(*) FROM events WHERE seq <= ?", (cursor,)))
     aside = int(await one("SELECT count(*) FROM ship.dead WHERE seq <= ?", (cursor,)))
-    dead = int(await one("SELECT count(*) FROM ship.dead WHERE status IN ('dead', 'retry')"))
+    dead = int(await one("SELECT count(*) FROM ship.dead WHERE status = 'dead'"))
     oldest = await one(
         f"SELECT e.created_at FROM events e WHERE e.seq > ? AND {NOT_SET_ASIDE} ORDER BY e.seq LIMIT 1",
         (cursor,),
@@ -79,14 +80,14 @@ async def count(path: Path, one: Query, all_: Query, cursor: int, last: int, per
     if per_topic:
         rows = await all_(
             "SELECT e.topic,"
-            " sum(e.seq > ? AND d.seq IS NULL), sum(e.seq <= ? AND d.seq IS NULL),"
-            " sum(d.status IN ('dead', 'retry'))"
+            " sum((e.seq > ? AND d.seq IS NULL) OR d.status = 'retry'), sum(e.seq <= ? AND d.seq IS NULL),"
+            " sum(d.status = 'dead')"
             " FROM events e LEFT JOIN ship.dead d ON d.seq = e.seq GROUP BY e.topic ORDER BY e.topic",
             (cursor, cursor),
         )
         topics = tuple(TopicStatus(t, int(p or 0), int(s or 0), int(d or 0)) for t, p, s, d in rows)
     return Status(
-        pending=pending,
+        pending=pending + retrying,
         shipped=below - aside,
         dead=dead,
         oldest_pending_age_s=age,

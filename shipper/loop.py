@@ -24,6 +24,7 @@ from outbox import Outbox, OutboxClosedError, OutboxCorruptError, OutboxError, O
 from outbox.maintenance import checkpoint, prune
 
 from . import forks
+from .backlog import BacklogGauges, nothing_pending
 from .errors import ConnectError, ShipperError, classify
 from .metrics import Metrics
 from .pgsink import PostgresSink
@@ -66,7 +67,9 @@ class Shipper:
     outbox:
         An open :class:`Outbox` in this process: its appends wake the loop at once.
     metrics_port:
-        Serve Prometheus metrics on ``127.0.0.1:port``.
+        Serve Prometheus metrics on ``metrics_addr:port``.
+    metrics_addr:
+        The address the metrics listen on (``0.0.0.0`` for a Prometheus in another container).
     stop_timeout:
         Seconds :meth:`stop` (and ``async with``'s exit) spends shipping what is pending.
     """
@@ -81,6 +84,7 @@ class Shipper:
         retention_s: float = 7 * 86400,
         outbox: Outbox | None = None,
         metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
         sink: Sink | None = None,
         stop_timeout: float = 10.0,
         backoff_base: float = 0.1,
@@ -105,7 +109,8 @@ class Shipper:
         self._backoff = (backoff_base, backoff_cap)
         self._housekeeping_interval = housekeeping_interval
         self._outbox = outbox
-        self._metrics = Metrics(metrics_port) if metrics_port is not None else None
+        self._metrics = Metrics(metrics_port, metrics_addr) if metrics_port is not None else None
+        self._gauges = BacklogGauges(self.path, self._metrics) if self._metrics is not None else None
         self.reader = OutboxReader(self.path, create=True)
         self._room = Room(self.reader)
         self.stats = ShipperStats()
@@ -114,6 +119,7 @@ class Shipper:
         self._progress = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopping = False
+        self._halt = False
         self._connected = False
         self._leader = False
         self._said_standby = False
@@ -121,7 +127,6 @@ class Shipper:
         self._limit = batch_size
         self._next_housekeeping = 0.0
         self._next_retry_check = 0.0
-        self._next_gauges = 0.0
         self._fatal: BaseException | None = None
         self._prefetch: tuple[int, asyncio.Future[Batch | None]] | None = None
         self._noting: asyncio.Future[None] | None = None
@@ -140,6 +145,8 @@ class Shipper:
             self._outbox.add_listener(self._wake.set)
         if self._metrics is not None:
             self._metrics.start()
+        if self._gauges is not None:
+            self._gauges.start()
         self._task = asyncio.create_task(self._run(), name=f"shipper {self.path}")
         log.info("shipping %s to %s (batch_size=%d)", self.path, self.where, self.batch_size)
 
@@ -148,6 +155,11 @@ class Shipper:
         self._stopping = True
         self._stop_requested.set()
         self._wake.set()
+
+    def halt(self) -> None:
+        """Stop after the batch in flight, leaving the rest pending (a drain that ran out of time)."""
+        self._halt = True
+        self.request_stop()
 
     async def stop(self, timeout: float | None = None) -> None:
         """Ship what is pending for up to ``timeout`` seconds, then stop; nothing is lost either way."""
@@ -184,6 +196,8 @@ class Shipper:
             self._outbox.remove_listener(self._wake.set)
         await self.sink.close()
         await self.reader.close()
+        if self._gauges is not None:
+            await self._gauges.stop()
         if self._metrics is not None:
             self._metrics.stop()
 
@@ -263,7 +277,7 @@ class Shipper:
                     log.info("shipping to %s resumed", self.where)
                     await self.reader.set_error(None)
                     failures = 0
-                if shipped:
+                if shipped and not self._halt:
                     continue
                 self._note_progress()  # catches up within _NOTE_EVERY_S of going idle
                 if self._stopping:
@@ -279,6 +293,8 @@ class Shipper:
                     return
                 failures += 1
                 delay = await self._failed(exc, failures)
+                if self._stopping and (self._halt or await nothing_pending(self.reader, self._cursor)):
+                    return  # nothing to wait for: stopping must not take the whole stop_timeout
                 await self._idle(delay, wake=False)
 
     async def _connect(self) -> None:
@@ -509,10 +525,6 @@ class Shipper:
             await self._housekeeping()
         if pruned := await self._room.keep():
             log.debug("pruned %d shipped events from %s to stay under max_bytes", pruned, self.path)
-        if self._metrics is not None and now >= self._next_gauges:
-            self._next_gauges = now + 2.0
-            status = await self.reader.status()
-            self._metrics.gauges(status.pending, status.oldest_pending_age_s or 0.0)
 
     async def _retry_dead_letters(self) -> None:
         events = await self.reader.read_retries(self.batch_size)

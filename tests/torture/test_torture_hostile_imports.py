@@ -110,7 +110,9 @@ async def test_hostile_import_files(size: str, tmp_path: Path, pg_dsn: str, subp
     assert "no newline" in summary["skipped"][-1]["error"]
 
     drained = cli("shipper", "drain", "--outbox", str(path), "--dsn", pg_dsn, "--json", env=subprocess_env)
-    assert drained.code == 0 and drained.json() == {"shipped": n, "dead": 0, "retries": 0}, drained
+    assert drained.code == 0 and drained.json() == {
+        "shipped": n, "pending": 0, "dead": 0, "refused": 0, "retries": 0, "timed_out": False
+    }, drained
     tally.faults, tally.fault = len(expected_bad), "hostile lines among the good ones"
     tally.notes.update(huge_line_mb=huge_mb, import_peak_rss_mb=round(rss), kinds=len(bad) + 1)
     await tally.settle(pg_dsn, [event_id for event_id, _ in lines])
