@@ -82,6 +82,8 @@ def prepare(path: Path, create: bool) -> Opened:
 
 def _prepare_read_only(path: Path) -> Opened:
     """Check the files without writing a byte: a user who can only read them, or a read-only mount."""
+    if (refused := readonly.unreadable_wal(path)) is not None:
+        raise refused
     events = schema.connect_events(path, create=False, read_only=True)
     try:
         found = schema.outbox_id_of(events, path)

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from .errors import OutboxError
 
-__all__ = ["can_write", "uri", "write_refused"]
+__all__ = ["can_write", "uri", "unreadable_wal", "write_refused"]
 
 _EFFECTIVE = os.access in os.supports_effective_ids
 
@@ -44,6 +44,21 @@ def uri(path: Path) -> str:
     except FileNotFoundError:
         live = False
     return f"file:{quote(os.path.abspath(path))}?mode=ro{'' if live else '&immutable=1'}"
+
+
+def unreadable_wal(path: Path) -> OutboxError | None:
+    """Return the error for a ``-wal`` holding events beside no ``-shm`` that could be made, else None."""
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    try:
+        stranded = wal.stat().st_size > 0 and not shm.exists() and not _access(path.parent, os.W_OK)
+    except FileNotFoundError:
+        return None
+    if not stranded:
+        return None
+    return OutboxError(
+        f"cannot read outbox {path}: its {wal.name} holds events, and reading them needs {shm.name},"
+        f" which cannot be created here ({_why_not(path.parent)}); open it once with write access"
+    )
 
 
 def write_refused(*paths: Path) -> OutboxError | None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -211,3 +212,25 @@ def test_a_side_file_of_another_outbox_on_a_read_only_mount_is_left_alone(
     assert status.returncode == 0, status.stderr
     assert (json.loads(status.stdout)["pending"], json.loads(status.stdout)["dead"]) == (20, 0)
     assert snapshot(d) == before
+
+
+def test_a_wal_stranded_without_its_shm_is_one_line_naming_the_files(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """A writer killed (its -wal and -shm left), then the -shm deleted: nothing can index the -wal."""
+    d = tmp_path / "d"
+    d.mkdir()
+    path = d / "events.db"
+    killed = (
+        "import asyncio, os, sys\nfrom outbox import Outbox\nasync def main():\n"
+        "    ob = await Outbox(sys.argv[1]).open()\n    for i in range(5):\n        await ob.append('t', {'i': i})\n"
+        "    os._exit(0)\nasyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", killed, str(path)], check=True, env=subprocess_env, timeout=60)
+    assert Path(f"{path}-wal").stat().st_size > 0
+    Path(f"{path}-shm").unlink()
+    with read_only_files(d):
+        status = looking("status", str(path), env=subprocess_env)
+    assert status.returncode == 3, (status.stdout, status.stderr)
+    (line,) = status.stderr.splitlines()
+    assert f"cannot read outbox {path}: its events.db-wal holds events" in line and "events.db-shm" in line, line
