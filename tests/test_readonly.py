@@ -54,6 +54,13 @@ async def shipped_with_a_dead_letter(path: Path, n: int = 20) -> None:
         await reader.advance(10)
 
 
+def in_a_dir(tmp_path: Path) -> Path:
+    """``tmp_path/d/events.db``: the outbox alone in a directory of its own."""
+    d = tmp_path / "d"
+    d.mkdir()
+    return d / "events.db"
+
+
 @contextmanager
 def read_only_files(d: Path) -> Iterator[None]:
     """Files 0444 and their directory 0555 (put back after, so tmp_path can be cleaned)."""
@@ -98,10 +105,9 @@ def assert_looks(path: Path, env: dict[str, str], pending: int, total: int) -> N
 
 
 def test_a_user_who_can_only_read_can_look(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
-    d = tmp_path / "d"
-    d.mkdir()
-    path = d / "events.db"
+    path = in_a_dir(tmp_path)
     run(shipped_with_a_dead_letter(path))
+    d = path.parent
     before = snapshot(d)
     with read_only_files(d):
         assert_looks(path, subprocess_env, pending=10, total=20)
@@ -112,10 +118,9 @@ def test_a_user_who_can_only_read_can_look(tmp_path: Path, subprocess_env: dict[
 
 @pytest.mark.skipif(not ROOT, reason="a writer beside a read-only user: only root can write where it cannot")
 def test_a_user_who_can_only_read_sees_a_live_writers_events(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
-    d = tmp_path / "d"
-    d.mkdir()
-    path = d / "events.db"
+    path = in_a_dir(tmp_path)
     run(shipped_with_a_dead_letter(path))
+    d = path.parent
     path.chmod(0o644)  # the writer's -wal and -shm get the same mode: readable by the looker
 
     async def live() -> None:
@@ -131,10 +136,9 @@ def test_a_user_who_can_only_read_sees_a_live_writers_events(tmp_path: Path, sub
 
 @needs_root
 def test_looking_through_a_read_only_mount(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
-    d = tmp_path / "d"
-    d.mkdir()
-    path = d / "events.db"
+    path = in_a_dir(tmp_path)
     run(shipped_with_a_dead_letter(path))
+    d = path.parent
     before = snapshot(d)
     with read_only_mount(d, tmp_path / "ro") as ro:
         assert_looks(ro / "events.db", subprocess_env, pending=10, total=20)
@@ -151,10 +155,9 @@ def test_looking_through_a_read_only_mount(tmp_path: Path, subprocess_env: dict[
 
 
 def test_a_write_without_write_access_names_the_file(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
-    d = tmp_path / "d"
-    d.mkdir()
-    path = d / "events.db"
+    path = in_a_dir(tmp_path)
     run(shipped_with_a_dead_letter(path))
+    d = path.parent
     with read_only_files(d):
         retry = looking("dead", "retry", str(path), env=subprocess_env)
     assert retry.returncode == 3, (retry.stdout, retry.stderr)
@@ -170,9 +173,7 @@ async def test_a_shipper_that_cannot_write_the_side_file_names_it(
 
     Postgres through a loopback proxy: the child may not reach the embedded server's socket.
     """
-    d = tmp_path / "d"
-    d.mkdir()
-    path = d / "events.db"
+    path = in_a_dir(tmp_path)
     await shipped_with_a_dead_letter(path)
     side = Path(f"{path}-ship")
     side.chmod(0o444)
@@ -199,10 +200,9 @@ def test_a_side_file_of_another_outbox_on_a_read_only_mount_is_left_alone(
     tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:
     """A writer moves it aside; a reader that cannot write reads an empty one instead."""
-    d = tmp_path / "d"
-    d.mkdir()
-    path = d / "events.db"
+    path = in_a_dir(tmp_path)
     run(shipped_with_a_dead_letter(path))
+    d = path.parent
     other = tmp_path / "other.db"
     run(shipped_with_a_dead_letter(other, n=30))
     Path(f"{path}-ship").write_bytes(Path(f"{other}-ship").read_bytes())  # not this outbox's
@@ -218,9 +218,8 @@ def test_a_wal_stranded_without_its_shm_is_one_line_naming_the_files(
     tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:
     """A writer killed (its -wal and -shm left), then the -shm deleted: nothing can index the -wal."""
-    d = tmp_path / "d"
-    d.mkdir()
-    path = d / "events.db"
+    path = in_a_dir(tmp_path)
+    d = path.parent
     killed = (
         "import asyncio, os, sys\nfrom outbox import Outbox\nasync def main():\n"
         "    ob = await Outbox(sys.argv[1]).open()\n    for i in range(5):\n        await ob.append('t', {'i': i})\n"
