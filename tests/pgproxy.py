@@ -58,6 +58,10 @@ class PgProxy:
         except OSError:
             writer.close()
             return
+        if self._server is None:  # cut while this one was connecting upstream: it must not outlive the cut
+            writer.close()
+            up_writer.close()
+            return
         self._pipes.update((writer, up_writer))
         await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
 

@@ -139,7 +139,7 @@ async def test_poison_rows_become_dead_letters_and_the_rest_ship(outbox_path: Pa
             assert sorted(d.id for d in dead) == sorted(bad + [bad_command])
             errors = {d.id: d.error for d in dead}
             assert all("no_poison" in errors[i] and "23514" in errors[i] for i in bad)
-            assert "discord_uid is missing" in errors[bad_command]
+            assert "discord_uid" in errors[bad_command] and "23502" in errors[bad_command]  # Postgres says why
             status = await reader.status()
             assert (status.pending, status.shipped, status.dead) == (0, 150, 4)
             # the cause is fixed; an operator asks for another attempt
@@ -181,6 +181,7 @@ async def test_outage_mid_stream_then_everything_arrives_once(
 
 async def test_server_restart_is_survived(outbox_path: Path, pg_server: PgServer, pg_dsn: str) -> None:
     """Stop the real server (the embedded one) mid-stream and start it again."""
+    proxy = None
     if not pg_server.controllable:  # OUTBOX_TEST_DSN: the proxy test above covers the outage
         proxy = PgProxy(pg_dsn)
         await proxy.start()
@@ -188,14 +189,18 @@ async def test_server_restart_is_survived(outbox_path: Path, pg_server: PgServer
     else:
         stop, start, dsn = _async(pg_server.stop), _async(pg_server.start), pg_dsn
     expected: list[str] = []
-    async with Outbox(outbox_path) as ob:
-        async with Shipper(outbox_path, dsn, outbox=ob, batch_size=100, backoff_cap=0.5) as s:
-            expected += [await ob.append("t", {"i": i}) for i in range(300)]
-            await stop()
-            expected += [await ob.append("t", {"during": i}) for i in range(300)]
-            await asyncio.sleep(1.0)
-            await start()
-            await s.drain(timeout=60)
+    try:
+        async with Outbox(outbox_path) as ob:
+            async with Shipper(outbox_path, dsn, outbox=ob, batch_size=100, backoff_cap=0.5) as s:
+                expected += [await ob.append("t", {"i": i}) for i in range(300)]
+                await stop()
+                expected += [await ob.append("t", {"during": i}) for i in range(300)]
+                await asyncio.sleep(1.0)
+                await start()
+                await s.drain(timeout=60)
+    finally:
+        if proxy is not None:
+            await proxy.cut()  # its pipes must not outlive the test (a ResourceWarning in the next one)
     assert sorted(await ids_in(pg_dsn)) == sorted(expected)
 
 
