@@ -227,9 +227,9 @@ def _settings(options: dict[str, Any]) -> ShipperSettings:
     )
 
 
-async def _start(settings: ShipperSettings, sink: PostgresSink | None = None) -> Shipper:
+async def _start(settings: ShipperSettings, s: Shipper | None = None) -> Shipper:
     """Start a shipper; a metrics port that cannot be served is the operator's to fix, at once."""
-    s = settings.make(sink)
+    s = settings.make() if s is None else s
     try:
         await s.start()
     except OSError as exc:
@@ -246,12 +246,13 @@ async def _start(settings: ShipperSettings, sink: PostgresSink | None = None) ->
 
 
 async def _serve(settings: ShipperSettings) -> ShipperStats:
-    s = await _start(settings)
+    s = settings.make()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
+    for sig in signals:  # before starting: a start on a full disk waits for room, and may be stopped
         loop.add_signal_handler(sig, _stop_on_signal, s, sig)
     try:
+        await _start(settings, s)
         await s.serve()
     finally:
         for sig in signals:
@@ -331,7 +332,7 @@ async def _drain(settings: ShipperSettings, timeout: float | None) -> DrainResul
         raise
     async with OutboxReader(settings.outbox_path, create=True) as reader:
         pending = (await reader.status()).pending
-    s = await _start(settings, sink)
+    s = await _start(settings, settings.make(sink))
     timed_out = False
     failure: BaseException | None = None
     draining: asyncio.Future[int] | None = None
