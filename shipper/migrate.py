@@ -181,6 +181,13 @@ async def is_current(conn: asyncpg.Connection, schema: str = DEFAULT_SCHEMA) -> 
     return bool(status == f"SELECT {expected}")
 
 
+def current_sql(schema: str = DEFAULT_SCHEMA) -> str:
+    """:func:`is_current`'s check as a boolean SQL expression, for a sink to fold into its start-up
+    read (which then fails, as :func:`is_current` would answer False, on a missing table)."""
+    query, expected = _current_query(schema)
+    return f"(SELECT count(*) = {expected} FROM ({query}) AS current)"
+
+
 async def _restore_columns(conn: asyncpg.Connection) -> None:
     for table, columns in _COLUMNS.items():
         present = {
