@@ -17,6 +17,7 @@ import logging
 
 import asyncpg
 
+from .catalog import literal as _literal
 from .connection import connect, quote_ident
 from .errors import LEASE_LOST_STATE, GrantError, SchemaError, ShipperError, grant_for
 
@@ -145,10 +146,6 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     LEASE_TABLE: ("outbox_id", "holder", "epoch", "expires_at"),
     VERSION_TABLE: ("version",),
 }
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _current_query(schema: str) -> tuple[str, int]:
