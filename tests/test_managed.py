@@ -191,6 +191,22 @@ async def test_round_trips_are_few_and_counted(outbox_path: Path, pg_dsn: str) -
     assert opened <= 3, opened
 
 
+async def test_a_batch_into_partitions_that_are_there_is_one_round_trip(outbox_path: Path, pg_dsn: str) -> None:
+    """Partitions.ensure checks a batch's times against the partitions read at start: no query."""
+    await migrate(pg_dsn, partition="monthly")
+    await fill(outbox_path, 100)
+    async with OutboxReader(outbox_path) as reader:
+        oid, events = reader.outbox_id, await reader.read_pending(100)
+    async with DelayProxy(pg_dsn) as proxy:
+        sink = PostgresSink(proxy.dsn())
+        await sink.open()
+        assert sink.partitions.periods == {"outbox_events": "monthly", "command_calls": "monthly"}
+        proxy.reset()
+        await sink.send(Batch(oid, 0, events[-1].seq, events), _nothing)
+        assert proxy.turns == 1
+        await sink.close()
+
+
 async def test_an_empty_drain_is_a_few_round_trips_partitioned_or_not(
     outbox_path: Path, pg_dsn: str, subprocess_env: dict[str, str]
 ) -> None:
