@@ -14,7 +14,7 @@ from .sink import Batch
 
 __all__ = ["next_limit", "batch_bytes", "MAX_BATCH_BYTES"]
 
-MAX_BATCH_BYTES = 4 << 20  # a few MiB: ~30 round trips' worth of rows at typical payload sizes
+MAX_BATCH_BYTES = 8 << 20  # ~30k events of ~250 bytes: a 100k backlog in ~4 transactions
 _ROW_OVERHEAD = 64  # id, topic, timestamp and framing, per row, roughly
 
 
