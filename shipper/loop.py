@@ -1,7 +1,8 @@
 """The shipping loop: read a batch, send it, record progress; survive everything in between.
 
 One loop per outbox file, in the bot's process (woken by its appends) or in a sidecar (polling
-every ``flush_interval``). It ships at once when idle; batches grow only while one is in flight.
+every ``flush_interval``). It ships at once when idle; batches grow while one is in flight and,
+in the bot's process, while appends keep coming (``wakeup.py`` gathers them for a few ms).
 Only the holder of the outbox's lease (a Postgres advisory lock) ships; a second shipper started
 by mistake stands by, says so, and takes over if the first one dies. Even without the lease the
 ledger refuses a batch shipped twice, so a mistake costs time, never a duplicate.
@@ -21,12 +22,14 @@ from types import TracebackType
 from typing import Any
 
 from outbox import Outbox, OutboxCorruptError, OutboxError, OutboxReader
+from outbox.append import find_open
 from outbox.maintenance import checkpoint, prune
 
 from .errors import ConnectError, ShipperError, classify
 from .metrics import Metrics
 from .pgsink import PostgresSink
 from .sink import Batch, Sink
+from .wakeup import LINGER_S, Wakeup
 
 __all__ = ["Shipper", "ShipperStats"]
 
@@ -62,7 +65,8 @@ class Shipper:
     retention_s:
         How long shipped events stay in the outbox for replay before pruning.
     outbox:
-        An open :class:`Outbox` in this process: its appends wake the loop at once.
+        An open :class:`Outbox` in this process: its appends wake the loop (see
+        :mod:`shipper.wakeup`). By default, one open on the same file in this process is found.
     metrics_port:
         Serve Prometheus metrics on ``127.0.0.1:port``.
     stop_timeout:
@@ -107,7 +111,7 @@ class Shipper:
         self.reader = OutboxReader(self.path, create=True)
         self.stats = ShipperStats()
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._wakeup = Wakeup(linger=min(LINGER_S, flush_interval), full=batch_size)
         self._progress = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -132,8 +136,10 @@ class Shipper:
         if self._task is not None:
             return
         await self.reader.open()
+        if self._outbox is None:
+            self._outbox = find_open(self.path)
         if self._outbox is not None:
-            self._outbox.add_listener(self._wake.set)
+            self._outbox.add_listener(self._wakeup.notify)
         if self._metrics is not None:
             self._metrics.start()
         self._task = asyncio.create_task(self._run(), name=f"shipper {self.path}")
@@ -143,7 +149,7 @@ class Shipper:
         """Ask the loop to ship what is pending and finish (safe from a signal handler)."""
         self._stopping = True
         self._stop_requested.set()
-        self._wake.set()
+        self._wakeup.kick()
 
     async def stop(self, timeout: float | None = None) -> None:
         """Ship what is pending for up to ``timeout`` seconds, then stop; nothing is lost either way."""
@@ -173,7 +179,7 @@ class Shipper:
         self._drop_prefetch()
         await self._settle_progress()
         if self._outbox is not None:
-            self._outbox.remove_listener(self._wake.set)
+            self._outbox.remove_listener(self._wakeup.notify)
         await self.sink.close()
         await self.reader.close()
         if self._metrics is not None:
@@ -212,7 +218,7 @@ class Shipper:
             raise ShipperError("the shipper is not running: use `async with Shipper(...)` or start() first")
         target = await self.reader.last_seq()
         before = self.stats.shipped
-        self._wake.set()
+        self._wakeup.kick()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -254,7 +260,10 @@ class Shipper:
                     log.info("shipping to %s resumed", self.where)
                     await self.reader.set_error(None)
                     failures = 0
-                if shipped:
+                # After a batch that took all there was, an in-process loop waits for the next
+                # appends (gathering them while they keep coming, see wakeup.py); a sidecar, a
+                # backlog and a stop look again at once.
+                if shipped and (self._prefetch is not None or self._outbox is None or self._stopping):
                     continue
                 self._note_progress()  # catches up within _NOTE_EVERY_S of going idle
                 if self._stopping:
@@ -308,7 +317,7 @@ class Shipper:
     async def _ship_once(self) -> int:
         batch = await self._take_prefetched()
         if batch is None:
-            batch = await self._read_batch(self._cursor)
+            batch = await self._read_batch(self._cursor, ahead=self._outbox is not None)
         if batch is None:
             return 0
         events = batch.events
@@ -393,8 +402,10 @@ class Shipper:
     async def _read_batch(self, after: int, *, ahead: bool = False) -> Batch | None:
         """Read the batch after ``after`` and route it; None if nothing is pending.
 
-        A read-ahead runs on the loop's thread (see ``OutboxReader.read_pending``); a first
-        read after a pause, in aiosqlite's thread.
+        A read-ahead runs on the loop's thread (see ``OutboxReader.read_pending``), and so does
+        an in-process loop's every read: its batches are small and frequent, and a hop to
+        aiosqlite's thread cost more of the bot's CPU than the read itself. A sidecar's first read
+        after a pause runs in aiosqlite's thread.
         """
         events = await self.reader.read_pending(self._limit, after=after, on_loop=ahead)
         if not events:
@@ -455,20 +466,21 @@ class Shipper:
         return delay
 
     async def _idle(self, seconds: float, *, wake: bool = True) -> None:
-        """Sleep ``seconds``, or less if woken: by an append when idle, by a stop request in a backoff.
+        """Sleep ``seconds``, or less if woken: by appends when idle (see :mod:`shipper.wakeup`), by
+        a stop request in a backoff.
 
         Once stopping, a backoff is slept in full: the stop deadline, not a spin, bounds it.
         """
-        if not wake and self._stopping:
+        if wake:
+            await self._wakeup.wait(seconds)
+            return
+        if self._stopping:
             await asyncio.sleep(seconds)
             return
-        event = self._wake if wake else self._stop_requested
         try:
-            await asyncio.wait_for(event.wait(), seconds)
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
         except asyncio.TimeoutError:
             pass
-        if wake:
-            self._wake.clear()
 
     # -- side work -------------------------------------------------------------------------------
 
