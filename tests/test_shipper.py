@@ -181,6 +181,7 @@ async def test_outage_mid_stream_then_everything_arrives_once(
 
 async def test_server_restart_is_survived(outbox_path: Path, pg_server: PgServer, pg_dsn: str) -> None:
     """Stop the real server (the embedded one) mid-stream and start it again."""
+    proxy = None
     if not pg_server.controllable:  # OUTBOX_TEST_DSN: the proxy test above covers the outage
         proxy = PgProxy(pg_dsn)
         await proxy.start()
@@ -188,14 +189,18 @@ async def test_server_restart_is_survived(outbox_path: Path, pg_server: PgServer
     else:
         stop, start, dsn = _async(pg_server.stop), _async(pg_server.start), pg_dsn
     expected: list[str] = []
-    async with Outbox(outbox_path) as ob:
-        async with Shipper(outbox_path, dsn, outbox=ob, batch_size=100, backoff_cap=0.5) as s:
-            expected += [await ob.append("t", {"i": i}) for i in range(300)]
-            await stop()
-            expected += [await ob.append("t", {"during": i}) for i in range(300)]
-            await asyncio.sleep(1.0)
-            await start()
-            await s.drain(timeout=60)
+    try:
+        async with Outbox(outbox_path) as ob:
+            async with Shipper(outbox_path, dsn, outbox=ob, batch_size=100, backoff_cap=0.5) as s:
+                expected += [await ob.append("t", {"i": i}) for i in range(300)]
+                await stop()
+                expected += [await ob.append("t", {"during": i}) for i in range(300)]
+                await asyncio.sleep(1.0)
+                await start()
+                await s.drain(timeout=60)
+    finally:
+        if proxy is not None:
+            await proxy.cut()  # its listening socket, else left for the collector to find in a later test
     assert sorted(await ids_in(pg_dsn)) == sorted(expected)
 
 
