@@ -218,7 +218,6 @@ class Shipper:
             raise ShipperError("the shipper is not running: use `async with Shipper(...)` or start() first")
         target = await self.reader.last_seq()
         before = self.stats.shipped
-        self._wakeup.kick()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -235,6 +234,7 @@ class Shipper:
             wait = self.flush_interval if deadline is None else min(self.flush_interval, deadline - loop.time())
             if wait <= 0:
                 raise ShipperError(f"drain timed out after {timeout:g} s; events are still pending")
+            self._wakeup.kick()  # look now, and again after each batch: a drain never lingers
             self._progress.clear()
             try:
                 await asyncio.wait_for(self._progress.wait(), wait)
@@ -471,11 +471,11 @@ class Shipper:
 
         Once stopping, a backoff is slept in full: the stop deadline, not a spin, bounds it.
         """
+        if not wake and self._stopping:
+            await asyncio.sleep(seconds)
+            return
         if wake:
             await self._wakeup.wait(seconds)
-            return
-        if self._stopping:
-            await asyncio.sleep(seconds)
             return
         try:
             await asyncio.wait_for(self._stop_requested.wait(), seconds)
