@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from bot.simulate import SimulationConfig, SimulationResult, percentile, simulate
 
 from .backlog import wait_shipped
+from .discord_kinds import KINDS, KindSamples, measure_kinds
 from .children import Child
 from .core import Chart, Check, Context, Section, Table
 from .timing import distribution, fmt_range, fmt_us, median
@@ -75,7 +76,32 @@ async def run(ctx: Context) -> Section:
                         f"on {_q(res.on.handled, 50):.0f} us; hook p50 {_q(res.hook_ns, 50):.1f} us")
     finally:
         await ctx.postgres.drop_database(dsn)
-    return _section(runs, commands, repeats, time.perf_counter() - started)
+    per_kind = ctx.scale(2000, 200)
+    kinds = await measure_kinds(ctx.path("discord-kinds.db"), per_kind=per_kind)
+    for kind, k in kinds.items():
+        ctx.log(f"  {kind:9s}: handled p50 off {_q(k.off, 50):.0f} us, on {_q(k.on, 50):.0f} us; hook p50 {_q(k.hook, 50):.1f} us")
+    section = _section(runs, commands, repeats, time.perf_counter() - started)
+    section.tables.append(_kinds_table(kinds, per_kind))
+    section.raw["kinds"] = {kind: {"off_p50_us": _q(k.off, 50), "on_p50_us": _q(k.on, 50), "hook_p50_us": _q(k.hook, 50),
+                                   "hook_p99_us": _q(k.hook, 99)} for kind, k in kinds.items()}
+    return section
+
+
+def _kinds_table(kinds: dict[str, KindSamples], per_kind: int) -> Table:
+    rows = []
+    for kind in KINDS:
+        k = kinds[kind]
+        off, on = _q(k.off, 50), _q(k.on, 50)
+        rows.append([kind, fmt_us(off), fmt_us(on), f"**{_signed(on - off)}**",
+                     f"{fmt_us(_q(k.hook, 50))} / {fmt_us(_q(k.hook, 99))}", f"{len(k.hook):,}"])
+    return Table(
+        title="Per kind of interaction: the hook's cost (one commands.Bot, outbox only)",
+        headers=["kind", "off: handled p50", "on: handled p50", "overhead p50", "the hook alone p50 / p99", "logged"],
+        rows=rows,
+        note=f"`bench/discord_kinds.py`: a slash command, a prefix command (`MESSAGE_CREATE`, `ctx.send`) and a "
+             f"persistent view's button, {per_kind:,} of each with `log_commands(bot, outbox)` attached and as many "
+             "detached, in alternating blocks, collector frozen. Handled: dispatch to the end of discord.py's task.",
+    )
 
 
 def _section(runs: list[Run], commands: int, repeats: int, seconds: float) -> Section:

@@ -1,10 +1,11 @@
 """A small ladder bot, in memory, showing what the command log records for free.
 
 Commands: ``/leaderboard [page]``, ``/profile [user]``, ``/queue join|leave|status`` (a group),
-``/setcountry country`` and ``/termsofservice``. Queueing and setting a country need the terms
+``/setcountry country``, ``/termsofservice`` and ``/challenge opponent`` (Accept/Decline buttons,
+then it waits for the answer, as ``view.wait()`` does). Queueing and setting a country need the terms
 accepted first (a check that can fail); ``/setcountry`` raises on an unknown code and
 ``/queue join`` raises when already queued (commands that raise). None of them contains a line
-of logging: :func:`bot.log_commands` in :meth:`LadderBot.setup_hook` does it all.
+of logging: :func:`discord_outbox.log_commands` in :meth:`LadderBot.setup_hook` does it all.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from typing import Any, Literal, TypeVar
 import discord
 from discord import app_commands
 
+from discord_outbox import CommandLog, log_commands
 from outbox import Outbox
 
-from .commandlog import CommandLog, log_commands
-
-__all__ = ["Ladder", "LadderBot", "LadderError", "LadderTree", "PlayerRecord", "COUNTRIES", "PAGE_SIZE"]
+__all__ = ["Ladder", "LadderBot", "LadderError", "LadderTree", "ChallengeView", "PlayerRecord", "COUNTRIES", "PAGE_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,48 @@ def add_commands(tree: app_commands.CommandTree[Any], ladder: Ladder) -> None:
 
     tree.add_command(queue)
 
+    @tree.command(description="Challenge a player to a match")
+    @app_commands.describe(opponent="Who you challenge")
+    async def challenge(interaction: discord.Interaction[Any], opponent: discord.User) -> None:
+        if opponent.id == interaction.user.id:
+            raise LadderError("you cannot challenge yourself")
+        view = ChallengeView(opponent.id)
+        await interaction.response.send_message(f"{opponent.mention}, {interaction.user.display_name} challenges you", view=view)
+        await view.wait()  # still running here when the bot shuts down: logged as interrupted
+        if view.accepted is None:
+            text = "Challenge expired."
+        else:
+            text = "Challenge accepted: match on!" if view.accepted else "Challenge declined."
+        await interaction.followup.send(text)
+
+
+class ChallengeView(discord.ui.View):
+    """Accept or decline a challenge; only the player challenged may answer."""
+
+    def __init__(self, opponent_id: int, timeout: float = 300.0) -> None:
+        super().__init__(timeout=timeout)
+        self.opponent_id = opponent_id
+        self.accepted: bool | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        if interaction.user.id != self.opponent_id:
+            await interaction.response.send_message("This challenge is not yours.", ephemeral=True)
+            return False
+        return True
+
+    @discord.ui.button(label="Accept", style=discord.ButtonStyle.success, custom_id="challenge:accept")
+    async def accept(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        await self._answer(interaction, True)
+
+    @discord.ui.button(label="Decline", style=discord.ButtonStyle.danger, custom_id="challenge:decline")
+    async def decline(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        await self._answer(interaction, False)
+
+    async def _answer(self, interaction: discord.Interaction[Any], accepted: bool) -> None:
+        self.accepted = accepted
+        await interaction.response.send_message("Accepted." if accepted else "Declined.", ephemeral=True)
+        self.stop()
+
 
 class LadderTree(app_commands.CommandTree[Any]):
     """The ladder's command tree: turns failures into a polite ephemeral reply."""
@@ -212,7 +254,7 @@ class LadderTree(app_commands.CommandTree[Any]):
 
 
 class LadderBot(discord.Client):
-    """The ladder bot; every command it runs is logged to ``outbox`` when one is given.
+    """The ladder bot; every command and button press is logged to ``outbox`` when one is given.
 
     Parameters
     ----------
@@ -244,7 +286,7 @@ class LadderBot(discord.Client):
 
     async def setup_hook(self) -> None:
         if self.outbox is not None:
-            self.command_log = log_commands(self.tree, self.outbox)  # the one line
+            self.command_log = log_commands(self, self.outbox)  # the one line: commands, buttons, modals
         if self.sync:
             synced = await self.tree.sync()
             log.info("synced %d commands with Discord", len(synced))

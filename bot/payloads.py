@@ -1,4 +1,8 @@
-"""INTERACTION_CREATE payloads shaped like the ones Discord's gateway sends (API v10).
+"""INTERACTION_CREATE and MESSAGE_CREATE payloads shaped like the ones Discord's gateway sends (API v10).
+
+Slash commands and context menus (type 2), autocomplete (4), component presses (3: a
+``custom_id`` and the message carrying the component) and modal submissions (5: the modal's
+``custom_id`` and its fields in action rows), and plain messages, as a prefix command arrives.
 
 discord.py 2.7.1 reads these keys without a default, so each builder fills them: ``id``,
 ``application_id``, ``type``, ``token``, ``version``, ``attachment_size_limit``; in guilds
@@ -15,7 +19,10 @@ from typing import Any
 
 from .standin import snowflake
 
-__all__ = ["Player", "Where", "slash", "option", "subcommand", "group", "user_option", "dispatch"]
+__all__ = [
+    "Player", "Where", "slash", "option", "subcommand", "group", "user_option", "dispatch",
+    "component", "modal_submit", "message", "dispatch_message",
+]  # fmt: skip
 
 # Discord's application command option types
 SUB_COMMAND, SUB_COMMAND_GROUP, STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, MENTIONABLE, NUMBER = range(1, 11)
@@ -113,10 +120,87 @@ def slash(
         data["resolved"] = resolved
     if command_guild_id is not None:
         data["guild_id"] = str(command_guild_id)
+    return _interaction(4 if autocomplete else 2, data, player=player, where=where, application_id=application_id)
+
+
+def component(
+    custom_id: str,
+    *,
+    player: Player,
+    where: Where,
+    application_id: int,
+    message: dict[str, Any],
+    component_type: int = 2,
+    values: list[str] | None = None,
+) -> dict[str, Any]:
+    """The ``d`` object of a button press (``component_type`` 2) or select (3, with ``values``).
+
+    ``message`` is the message carrying the component, as :func:`message` makes it.
+    """
+    data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
+    if values is not None:
+        data["values"] = values
+    payload = _interaction(3, data, player=player, where=where, application_id=application_id)
+    payload["message"] = message
+    return payload
+
+
+def modal_submit(
+    custom_id: str, fields: dict[str, str], *, player: Player, where: Where, application_id: int
+) -> dict[str, Any]:
+    """The ``d`` object of a modal submission: each text input in an action row of its own."""
+    rows = [{"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in fields.items()]
+    return _interaction(5, {"custom_id": custom_id, "components": rows}, player=player, where=where, application_id=application_id)
+
+
+def message(
+    content: str,
+    *,
+    author: dict[str, Any],
+    where: Where,
+    member: dict[str, Any] | None = None,
+    components: list[dict[str, Any]] | None = None,
+    interaction: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A message object (the ``d`` of a MESSAGE_CREATE, or the message a component sits on).
+
+    ``author`` is a user object (:meth:`Player.user`, or the stand-in's ``bot_user``); in a guild
+    ``member`` is the author's member object without its ``user``. ``interaction`` is the
+    ``{"id", "type", "name", "user"}`` of the command the message answered (discord.py 2.3 finds
+    a command's view by it).
+    """
+    payload: dict[str, Any] = {
+        "id": str(snowflake()),
+        "channel_id": str(where.channel_id),
+        "type": 0,
+        "content": content,
+        "author": author,
+        "attachments": [],
+        "embeds": [],
+        "mentions": [],
+        "mention_roles": [],
+        "mention_everyone": False,
+        "pinned": False,
+        "tts": False,
+        "timestamp": "2025-01-01T00:00:00+00:00",
+        "edited_timestamp": None,
+        "flags": 0,
+        "components": components or [],
+    }
+    if interaction is not None:
+        payload["interaction"] = interaction
+    if where.guild_id is not None:
+        payload["guild_id"] = str(where.guild_id)
+        if member is not None:
+            payload["member"] = member
+    return payload
+
+
+def _interaction(kind: int, data: dict[str, Any], *, player: Player, where: Where, application_id: int) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "id": str(snowflake()),
         "application_id": str(application_id),
-        "type": 4 if autocomplete else 2,
+        "type": kind,
         "token": "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(24),
         "version": 1,
         "attachment_size_limit": 10 * 1024 * 1024,
@@ -170,3 +254,8 @@ def dispatch(client: Any, payload: dict[str, Any]) -> None:
     The command then runs in a task of its own: this returns before it finishes.
     """
     client._connection.parsers["INTERACTION_CREATE"](payload)
+
+
+def dispatch_message(client: Any, payload: dict[str, Any]) -> None:
+    """Hand a message to discord.py as its gateway would (the MESSAGE_CREATE parser)."""
+    client._connection.parsers["MESSAGE_CREATE"](payload)

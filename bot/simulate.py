@@ -26,9 +26,9 @@ from typing import Any
 
 import discord
 
+from discord_outbox import TOPIC, CommandLog
 from outbox import Outbox, OutboxReader
 
-from .commandlog import TOPIC, CommandLog
 from .ladder import Ladder, LadderBot
 from .payloads import dispatch
 from .standin import DiscordStandIn, pointed_at

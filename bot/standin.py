@@ -3,8 +3,8 @@
 discord.py builds every REST URL, interaction responses and follow-ups included, from
 ``discord.http.Route.BASE``; pointing it at an aiohttp server on a loopback port lets the bot log
 in for real (``GET /users/@me``, ``GET /oauth2/applications/@me``), run ``setup_hook`` and answer
-interactions over real HTTP, which this server records. It answers only what a slash-command
-bot needs; anything else gets a Discord-shaped 404.
+interactions (and post prefix commands' replies) over real HTTP, which this server records. It
+answers only what such a bot needs; anything else gets a Discord-shaped 404.
 
 It can stand in for the gateway too (``/gateway``: HELLO, heartbeat ACKs, READY, then whatever
 :meth:`DiscordStandIn.send_event` pushes), for a bot started with ``Client.start`` once
@@ -241,6 +241,8 @@ class DiscordStandIn:
             return await self._callback(request, int(parts[1]), parts[2])
         if len(parts) >= 3 and parts[0] == "webhooks":
             return await self._webhook(request, parts)
+        if len(parts) == 3 and parts[0] == "channels" and parts[2] == "messages" and method == "POST":
+            return await self._channel_message(request)  # ctx.send of a prefix command
         return _json({"message": f"404: Not Found ({method} /{'/'.join(parts)})", "code": 0}, status=404)
 
     async def _callback(self, request: web.Request, interaction_id: int, token: str) -> web.Response:
@@ -266,6 +268,16 @@ class DiscordStandIn:
             return web.Response(status=204)
         content = body.get("content") if isinstance(body, dict) else None
         return _json(self._message(content))
+
+    async def _channel_message(self, request: web.Request) -> web.Response:
+        body = await _read_body(request)
+        self._record(Exchange(method="POST", path=request.path, body=body))
+        content = body.get("content") if isinstance(body, dict) else None
+        return _json(self._message(content))
+
+    def channel_messages(self) -> list[Exchange]:
+        """Every message the bot posted to a channel (not as an interaction response), in order."""
+        return [e for e in self.exchanges if e.interaction_id is None and "/channels/" in e.path]
 
     def _record(self, exchange: Exchange) -> None:
         self.exchanges.append(exchange)

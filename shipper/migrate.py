@@ -56,6 +56,21 @@ _STEPS: list[str] = [
         PRIMARY KEY (outbox_id, after_seq)
     );
     """,
+    # 2: which kind of interaction a command row is, and which bot it came from (nullable: older
+    # rows have neither). The catalog is read first: a table that has them takes no ALTER lock.
+    """
+    DO $$
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'command_calls'::regclass
+                       AND attname = 'kind' AND NOT attisdropped) THEN
+            ALTER TABLE command_calls ADD COLUMN kind text;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'command_calls'::regclass
+                       AND attname = 'application_id' AND NOT attisdropped) THEN
+            ALTER TABLE command_calls ADD COLUMN application_id bigint;
+        END IF;
+    END $$;
+    """,
 ]
 SCHEMA_VERSION = len(_STEPS)
 
@@ -74,6 +89,8 @@ _COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("outcome", "text"),
         ("latency_ms", "double precision"),
         ("created_at", "timestamptz"),
+        ("kind", "text"),
+        ("application_id", "bigint"),
     ),
 }
 

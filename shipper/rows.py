@@ -34,6 +34,8 @@ COMMAND_COLUMNS = (
     "outcome",
     "latency_ms",
     "created_at",
+    "kind",
+    "application_id",
 )
 _BIGINT = (-(2**63), 2**63 - 1)
 assert EVENT_COLUMNS == Event._fields[1:], "outbox_events rows are events without their seq"
@@ -172,6 +174,8 @@ def command_row(event: Event) -> tuple[Any, ...]:
         _text(data.get("outcome"), "outcome"),
         latency_ms,
         event.created_at,
+        _text(data.get("kind"), "kind"),
+        _bigint(data.get("application_id"), "application_id"),
     )
 
 

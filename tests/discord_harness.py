@@ -16,7 +16,7 @@ from typing import Any
 
 import discord
 
-from bot.commandlog import CommandLog
+from discord_outbox import CommandLog
 from bot.ladder import LadderBot
 from bot.payloads import Player, Where, dispatch, slash
 from bot.standin import DiscordStandIn, Exchange, pointed_at
@@ -30,6 +30,9 @@ GUILD = Where(guild_id=GUILD_ID, channel_id=CHANNEL_ID, channel_name="ladder")
 ALICE = Player(id=310_000_000_000_000_001, username="alice", global_name="Alice", nick="Ali (captain)")
 BOB = Player(id=310_000_000_000_000_002, username="bob", global_name=None, nick=None)
 TIMEOUT = 10.0
+# the tasks discord.py runs commands, prefix messages, components and modals in
+COMMAND_TASKS = ("CommandTree-invoker", "discord-ui-view-dispatch-", "discord-ui-modal-dispatch-",
+                 "discord-ui-dynamic-item-", "discord.py: on_message")  # fmt: skip
 
 
 def dm_of(player: Player) -> Where:
@@ -71,7 +74,7 @@ class BotHarness:
             try:
                 await asyncio.wait_for(asyncio.shield(response), TIMEOUT)
             except asyncio.TimeoutError:
-                raise AssertionError(f"no response to /{payload['data']['name']} within {TIMEOUT} s") from None
+                raise AssertionError(f"no response to {payload['data'].get('name') or payload['data'].get('custom_id')} within {TIMEOUT} s") from None
         await self.settle()
         self.standin.forget(interaction_id)
         return self.standin.responses_to(interaction_id)
@@ -79,7 +82,7 @@ class BotHarness:
     async def settle(self) -> None:
         """Wait until every command task discord.py started has finished."""
         await asyncio.sleep(0)  # let freshly created tasks start
-        tasks = [t for t in asyncio.all_tasks() if t.get_name() == "CommandTree-invoker" and not t.done()]
+        tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith(COMMAND_TASKS) and not t.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=TIMEOUT)
             if pending:

@@ -28,8 +28,10 @@ async def test_guild_command_is_logged_with_every_column(outbox_path: Path) -> N
     assert len(rows) == 1
     row = rows[0]
     assert set(row) == {
-        "discord_uid", "player_name", "command", "options", "guild_id", "channel_id", "outcome", "latency_ms"
+        "discord_uid", "player_name", "command", "kind", "options", "guild_id", "channel_id", "application_id",
+        "outcome", "latency_ms",
     }  # fmt: skip
+    assert row["kind"] == "slash" and row["application_id"] == h.standin.application_id
     assert row["discord_uid"] == ALICE.id
     assert row["player_name"] == "Ali (captain)"  # the guild nickname is the display name there
     assert row["command"] == "leaderboard"

@@ -10,7 +10,7 @@ import pytest
 from bot.payloads import option, subcommand
 from discord_harness import running_bot
 
-LOGGER = "bot.commandlog"
+LOGGER = "discord_outbox.commandlog"
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

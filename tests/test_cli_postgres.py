@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from cli_support import Cli, Outcome, fill, mark_shipped, rows_in, run, script_path, with_password
+from shipper import SCHEMA_VERSION
 
 UNREACHABLE = "postgresql://u:s3cret@127.0.0.1:1/db"
 MALFORMED = "postgresql://u:s3cret@127.0.0.1:notaport/db"
@@ -37,7 +38,7 @@ def test_migrate_creates_the_tables_and_can_run_again(cli: Cli, pg_dsn: str) -> 
     for _ in range(2):
         out = cli("shipper", "migrate", "--dsn", dsn)
         assert out.code == 0, out.stderr
-        assert "outbox schema at version 1 on postgresql://" in out.stdout and ":***@" in out.stdout
+        assert f"outbox schema at version {SCHEMA_VERSION} on postgresql://" in out.stdout and ":***@" in out.stdout
         assert secret not in out.stdout + out.stderr
     assert run(rows_in(pg_dsn, "outbox_events")) == set() and run(rows_in(pg_dsn, "command_calls")) == set()
 

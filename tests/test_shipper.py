@@ -15,7 +15,7 @@ import pytest
 from outbox import Outbox, OutboxReader
 from pgproxy import PgProxy
 from pgserver import PgServer
-from shipper import InMemorySink, PostgresSink, SchemaError, Shipper, migrate
+from shipper import SCHEMA_VERSION, InMemorySink, PostgresSink, SchemaError, Shipper, migrate
 from shipper.errors import classify
 from shipper.sink import Batch, Sink
 
@@ -70,11 +70,11 @@ async def test_events_route_to_their_tables_with_typed_columns(outbox_path: Path
 
 
 async def test_migrate_is_idempotent_and_versioned(pg_dsn: str) -> None:
-    assert await migrate(pg_dsn) == 1
-    assert await migrate(pg_dsn) == 1
+    assert await migrate(pg_dsn) == SCHEMA_VERSION == 2
+    assert await migrate(pg_dsn) == SCHEMA_VERSION
     conn = await asyncpg.connect(pg_dsn)
     try:
-        assert await conn.fetchval("SELECT max(version) FROM outbox_schema_version") == 1
+        assert await conn.fetchval("SELECT max(version) FROM outbox_schema_version") == SCHEMA_VERSION
         await conn.execute("INSERT INTO outbox_schema_version(version) VALUES (99)")
     finally:
         await conn.close()
