@@ -13,6 +13,7 @@ __all__ = ["BENCHMARKS", "by_name"]
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(name="append", title="Command-path cost of recording one event", target="bench.append:run", needs_postgres=True),
+    Benchmark(name="walbound", title="Sustained appends: what bounding the WAL costs", target="bench.walbound:run"),
     Benchmark(name="loss", title="Events lost to kill -9: create_task vs the outbox", target="bench.loss:run", needs_postgres=True),
     Benchmark(name="power", title='durability="power": group commit throughput', target="bench.power:run"),
     Benchmark(name="contention", title="Several processes appending to one file", target="bench.contention:run"),

@@ -1,7 +1,9 @@
 """``python -m bot``: run the ladder bot on Discord, simulate it offline, or demo the whole path.
 
 The commands only map options and environment variables onto config objects; the work lives in
-:mod:`bot.runner`, :mod:`bot.simulate` and :mod:`bot.demo`. Errors are one line on stderr.
+:mod:`bot.runner`, :mod:`bot.simulate` and :mod:`bot.demo`. The conventions are those of the
+``outbox`` and ``shipper`` tools (docs/CLI.md): one line on stderr, ``bot: error: ...``, never a
+traceback or a password, and the same exit codes (2 usage, 3 outbox, 4 Postgres, 130 interrupted).
 """
 
 from __future__ import annotations
@@ -13,8 +15,20 @@ from pathlib import Path
 import click
 
 from outbox import OutboxError
+from outbox.clitools import EXIT_OUTBOX, EXIT_POSTGRES, CliGroup, FilePath
+from shipper.outbox_cli import register_postgres_errors
 
 __all__ = ["main"]
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    done
+  1    Discord refused or could not be reached, a simulated command failed, or an unexpected failure
+  2    usage: a bad option or argument, DISCORD_TOKEN not set
+  3    the outbox: a directory, not an outbox, damaged
+  4    Postgres: unreachable, malformed DSN, login refused
+  130  interrupted
+"""
 
 _LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
@@ -31,13 +45,27 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("discord.client").addFilter(_QuietVoice())
 
 
-def _redact(dsn: str, text: str) -> str:
-    from shipper.dsn import redact_dsn
-
-    return text.replace(dsn, redact_dsn(dsn))
+class _OutboxFailed(click.ClickException):
+    exit_code = EXIT_OUTBOX
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _PostgresFailed(click.ClickException):
+    exit_code = EXIT_POSTGRES
+
+
+def _run_failure(message: str) -> click.ClickException:
+    """The runner's errors are one family: give each its kind's exit code (1 for Discord)."""
+    if message.startswith("cannot open the outbox"):
+        return _OutboxFailed(message)
+    if message.startswith("cannot ship to Postgres"):
+        return _PostgresFailed(message)
+    return click.ClickException(message)
+
+
+@click.group(
+    name="bot", cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP
+)
+@click.version_option(package_name="discord-outbox", message="bot %(version)s")
 def main() -> None:
     """The ladder bot: every slash command it runs is logged to the outbox.
 
@@ -48,7 +76,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES_HELP)
 @click.option(
     "--token",
     envvar="DISCORD_TOKEN",
@@ -62,7 +90,7 @@ def main() -> None:
     show_envvar=True,
     default="events.db",
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(),
     help="The outbox file commands are logged to.",
 )
 @click.option(
@@ -81,7 +109,7 @@ def run(token: str | None, outbox_path: Path, dsn: str | None, sync: bool, log_l
     from .runner import RunConfig, RunError, run_bot
 
     if not token or not token.strip():
-        raise click.ClickException(
+        raise click.UsageError(
             "DISCORD_TOKEN is not set: export the bot's token (Discord developer portal > your app > Bot > Token)"
         )
     _setup_logging(log_level)
@@ -89,19 +117,18 @@ def run(token: str | None, outbox_path: Path, dsn: str | None, sync: bool, log_l
     try:
         asyncio.run(run_bot(config))
     except RunError as exc:
-        message = str(exc)
-        raise click.ClickException(_redact(dsn, message) if dsn else message) from None
+        raise _run_failure(str(exc)) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES_HELP)
 @click.option("--commands", "-n", type=click.IntRange(min=1), default=1000, show_default=True, help="Commands to log.")
 @click.option(
     "--outbox",
     "outbox_path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(),
     help="The outbox file the simulated commands are logged to (keep it apart from a real bot's).",
 )
 @click.option("--dsn", help="Also ship to this Postgres with an in-process shipper and count the rows there.")
@@ -134,17 +161,14 @@ def simulate(
     )
     try:
         result = asyncio.run(run_simulation(config))
-    except (SimulationError, OutboxError) as exc:
+    except SimulationError as exc:
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        _fail_shipping(exc, dsn)
-        raise
     click.echo("\n".join(format_report(result)))
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES_HELP)
 @click.option("--commands", "-n", type=click.IntRange(min=1), default=5000, show_default=True, help="Commands to log.")
-@click.option("--keep", is_flag=True, help="Keep the temporary directory (the outbox file).")
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (the outbox file) and print where it is.")
 @click.option("--log-level", type=_LEVELS, default="WARNING", show_default=True)
 def demo(commands: int, keep: bool, log_level: str) -> None:
     """Start an embedded Postgres, simulate the bot with the shipper in-process, and report."""
@@ -155,18 +179,12 @@ def demo(commands: int, keep: bool, log_level: str) -> None:
     click.echo(f"starting an embedded Postgres and simulating {commands} logged commands ...", err=True)
     try:
         lines = run_demo(DemoConfig(commands=commands, keep=keep))
-    except (DemoError, SimulationError, OutboxError) as exc:
+    except (DemoError, SimulationError) as exc:
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        _fail_shipping(exc, None)
-        raise
     click.echo("\n".join(lines))
 
 
-def _fail_shipping(exc: Exception, dsn: str | None) -> None:
-    """Turn a shipper error into one clear line (DSN redacted); leave anything else alone."""
-    from shipper import ShipperError
-
-    if isinstance(exc, ShipperError):
-        message = str(exc)
-        raise click.ClickException(_redact(dsn, message) if dsn else message) from None
+assert isinstance(main, CliGroup)
+main.register_error(OutboxError, EXIT_OUTBOX)
+main.register_error(OSError, EXIT_OUTBOX)
+register_postgres_errors(main)

@@ -11,6 +11,12 @@ transaction with one fsync: concurrent appenders share the cost (group commit).
 
 WAL checkpoints never run on the appending connection (``wal_autocheckpoint = 0``): a side
 thread runs a PASSIVE checkpoint every ``checkpoint_every`` appends, which never blocks writers.
+PASSIVE alone never lets the WAL start over while appends keep coming (one appender flat out
+took it to 4 GB in 15 s), so once the WAL holds more than its bound the same thread follows with
+a RESTART: it copies the few frames appended since the PASSIVE, waits up to ``_RESTART_WAIT_MS``
+for readers, and the next append starts the WAL from its beginning, cut back to its size limit.
+Appenders wait for that (a few ms, a few times a minute at most at 5,000 appends/s); see bench
+``append`` for what it costs the tail.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from . import schema
-from .errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFullError
+from . import identity, schema
+from .errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFullError, disk_is_full
 from .ids import uuid7
 from .payload import check_topic, encode_payload
 
@@ -47,6 +53,9 @@ _ROW_OVERHEAD = 96  # bytes a row costs beyond its payload, near enough for the 
 _MEASURE_EVERY = 256
 _CHASE_AFTER_S = 0.05
 _WAL_SIZE_LIMIT = 8 * 1024 * 1024  # the WAL file is cut back to this after it restarts
+WAL_BOUND_BYTES = 64 * 1024 * 1024  # past this, a checkpoint makes the WAL start over (see _checkpoint)
+_RESTART_WAIT_MS = 20  # the most a RESTART checkpoint waits for readers, holding appenders back
+_FRAME_OVERHEAD = 24  # a WAL frame's header, beside its page
 _BUSY_YIELDS = 3  # waiting for another writer's lock: first yield the CPU (see _retry_busy) ...
 _BUSY_FIRST_SLEEP_S = 0.00002  # ... then sleep, doubling ...
 _BUSY_MAX_SLEEP_S = 0.001  # ... up to this
@@ -68,7 +77,8 @@ class Outbox:
     max_payload_bytes:
         The largest serialised payload accepted; bigger ones raise :class:`PayloadError`.
     max_bytes:
-        Room the events may take on disk (pages in use); past it ``append`` raises
+        Room the outbox may take on disk: the events file's pages in use and every other file
+        (its WAL, the side file and its WAL); past it ``append`` raises
         :class:`OutboxFullError` until shipped events are pruned. ``None``: no limit.
     checkpoint_every:
         Appends between background WAL checkpoints, which keep the WAL file small.
@@ -98,7 +108,11 @@ class Outbox:
         self.durability: Durability = durability
         self.max_payload_bytes = max_payload_bytes
         self.max_bytes = max_bytes
+        # max_bytes covers the WAL too: bound it to a quarter, and checkpoint often enough for that
+        self._wal_bound = WAL_BOUND_BYTES if max_bytes is None else max(64 * 1024, min(WAL_BOUND_BYTES, max_bytes // 4))
         self._checkpoint_every = max(1, checkpoint_every)
+        if max_bytes is not None:
+            self._checkpoint_every = min(self._checkpoint_every, max(16, self._wal_bound // (2 * 4096)))
         self._on_corrupt = on_corrupt
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None  # reused: a cursor per INSERT costs ~0.4 us
@@ -106,8 +120,11 @@ class Outbox:
         self._closed = False
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._side: sqlite3.Connection | None = None  # checkpoints, from the worker thread
-        self._checkpointing: asyncio.Future[None] | None = None
+        # a thread's own future: its done() is true as soon as the checkpoint ends, even while an
+        # appender flat out never yields to the event loop (an asyncio future would wait for it)
+        self._checkpointing: concurrent.futures.Future[None] | None = None
         self._since_checkpoint = 0
+        self._frame_bytes = 4096 + _FRAME_OVERHEAD  # set from the page size by the first checkpoint
         self._used_bytes = 0
         self._since_measure = 0
         self._queue: list[tuple[tuple[str, str, str, int], asyncio.Future[str]]] = []
@@ -162,14 +179,15 @@ class Outbox:
         conn = schema.connect_events(self.path, synchronous=sync)
         try:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
-            conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
-            self.outbox_id = schema.outbox_id_of(conn, self.path)
-            schema.check_shipped_within(conn, self.path, self.outbox_id)
+            conn.execute(f"PRAGMA journal_size_limit = {min(_WAL_SIZE_LIMIT, self._wal_bound)}")
+            schema.outbox_id_of(conn, self.path)  # a file with no id is damaged
+            self.outbox_id = identity.ensure_identity(conn, self.path)  # a copy forks here
+            schema.check_shipped_within(conn, self.path, self.outbox_id, identity.previous_ids(conn))
             if self.max_bytes is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('max_bytes', ?)", (str(self.max_bytes),)
                 )
-                self._used_bytes = _used_bytes(conn)
+                self._used_bytes = _used_bytes(conn, self.path)
             # From here on a busy lock is waited for by _retry_busy, not by SQLite's handler.
             conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error as exc:
@@ -190,7 +208,7 @@ class Outbox:
             await asyncio.shield(self._flusher)
         if self._checkpointing is not None:
             try:
-                await self._checkpointing
+                await asyncio.wrap_future(self._checkpointing)
             except OutboxError:
                 pass
         worker, side, conn = self._worker, self._side, self._conn
@@ -268,15 +286,18 @@ class Outbox:
         if self._used_bytes > self.max_bytes or self._since_measure >= _MEASURE_EVERY:
             try:
                 try:
-                    used = _used_bytes(conn)
+                    used = _used_bytes(conn, self.path)
                 except sqlite3.Error as exc:
-                    used = _retry_busy(exc, _used_bytes, conn)
+                    used = _retry_busy(exc, _used_bytes, conn, self.path)
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path) from None
             self._used_bytes = used + size + _ROW_OVERHEAD
             self._since_measure = 0
             if self._used_bytes > self.max_bytes:
                 self._used_bytes -= size + _ROW_OVERHEAD
+                # Room the shipper made by pruning is in the WAL until a checkpoint, and the WAL
+                # file counts: cut it back (refused appends write nothing that would).
+                self._start_checkpoint(truncate=True)
                 raise OutboxFullError(
                     f"outbox {self.path} is full: {self._used_bytes} bytes in use, limit {self.max_bytes}"
                     " (ship and prune events to make room)"
@@ -332,43 +353,56 @@ class Outbox:
 
     # -- checkpoints, off the command path ------------------------------------------------------
 
-    def _start_checkpoint(self) -> None:
+    def _start_checkpoint(self, *, truncate: bool = False) -> None:
         self._since_checkpoint = 0
         if self._worker is None or (self._checkpointing is not None and not self._checkpointing.done()):
             return
         loop = asyncio.get_running_loop()
-        self._checkpointing = loop.run_in_executor(self._worker, self._checkpoint)
+        self._checkpointing = self._worker.submit(self._checkpoint, truncate)
         self._checkpointing.add_done_callback(_log_failure)
-        self._checkpointing.add_done_callback(lambda _: loop.call_later(_CHASE_AFTER_S, self._chase))
+        self._checkpointing.add_done_callback(
+            lambda _: loop.call_soon_threadsafe(loop.call_later, _CHASE_AFTER_S, self._chase)
+        )
 
     def _chase(self) -> None:
         """Checkpoint what was appended during the last checkpoint, so a pause leaves none behind."""
         if self._since_checkpoint and not self._closed:
             self._start_checkpoint()
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, truncate: bool = False) -> None:
         try:
-            if self._side is None:
-                self._side = schema.connect_events(self.path, create=False)
-                self._side.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}").close()
+            side = self._side
+            if side is None:
+                side = self._side = schema.connect_events(self.path, create=False)
+                side.execute(f"PRAGMA journal_size_limit = {min(_WAL_SIZE_LIMIT, self._wal_bound)}").close()
+                side.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}").close()
+                self._frame_bytes = int(side.execute("PRAGMA page_size").fetchall()[0][0]) + _FRAME_OVERHEAD
             # PASSIVE never blocks an appender. The WAL restarts from its start at the first
-            # append after a checkpoint has caught up, i.e. after any pause in the appends.
-            self._side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            # append after a checkpoint has caught up, i.e. after any pause in the appends...
+            _, frames, _ = side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            if truncate:  # full: the WAL file itself must shrink, now
+                side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            elif frames * self._frame_bytes > self._wal_bound:
+                # ... or, under sustained appends, after a RESTART: it holds appenders back while
+                # it copies what came since the PASSIVE and waits (briefly) for readers. Busy
+                # (a reader stayed): the next checkpoint tries again.
+                side.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
         except (sqlite3.Error, OutboxError) as exc:
             raise OutboxError(f"checkpoint of {self.path} failed: {exc}") from None
 
 
-def _log_failure(future: asyncio.Future[None]) -> None:
+def _log_failure(future: concurrent.futures.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("%s", future.exception())
 
 
-def _used_bytes(conn: sqlite3.Connection) -> int:
+def _used_bytes(conn: sqlite3.Connection, path: Path) -> int:
+    """What ``max_bytes`` limits: the events file's pages in use, and every other file (WALs, side file)."""
     # fetchall: a half-read cursor would hold a read snapshot and stop the WAL from restarting
     pages = conn.execute("PRAGMA page_count").fetchall()[0][0]
     free = conn.execute("PRAGMA freelist_count").fetchall()[0][0]
     size = conn.execute("PRAGMA page_size").fetchall()[0][0]
-    return int((pages - free) * size)
+    return int((pages - free) * size) + schema.side_bytes(path)
 
 
 def _retry_busy(first: sqlite3.Error, call: Callable[..., _T], *args: Any) -> _T:
@@ -464,7 +498,7 @@ def _translate(exc: BaseException, path: Path) -> OutboxError:
     """Map a sqlite3 error onto the outbox's error tree, naming the file."""
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
-    if primary == _SQLITE_FULL:
+    if disk_is_full(exc, path):  # SQLITE_FULL, and the I/O errors a full disk causes (-shm growth)
         return OutboxFullError(f"the disk holding outbox {path} is full")
     if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return OutboxError(f"outbox {path} stayed locked by another writer for {schema.BUSY_TIMEOUT_MS} ms")

@@ -8,10 +8,12 @@ that this package never imports a database driver.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import sys
 import uuid
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from .clitools import (
     EXIT_CODES_HELP,
     EXIT_OUTBOX,
     CliGroup,
+    FilePath,
     TimeType,
     check_range,
     echo_json,
@@ -36,6 +39,7 @@ from .errors import OutboxError
 from .jsonl import ImportSummary, export_events, import_events
 from .reader import DeadLetter, OutboxReader, Status
 from .report import counted, dead_letter_json, render_dead_letters, render_status
+from .schema import ship_path
 
 __all__ = ["outbox", "main"]
 
@@ -112,12 +116,12 @@ async def _export(path: Path, out: Any, since: int | None, until: int | None, to
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, allow_dash=True),
+    type=FilePath(allow_dash=True),
     default="-",
     show_default=True,
     help="Write to this file instead of stdout (created with mode 0600, like the outbox).",
 )
-def export(path: Path, since: int | None, until: int | None, topic: str | None, output: str) -> None:
+def export(path: Path, since: int | None, until: int | None, topic: str | None, output: Path) -> None:
     """Write events as JSON lines (one event per line).
 
     Events come in the order they were appended. Each line holds id, topic, payload,
@@ -131,20 +135,28 @@ def export(path: Path, since: int | None, until: int | None, topic: str | None, 
       outbox export events.db --since 2h | gzip > last-two-hours.jsonl.gz
     """
     check_range(since, until)
-    if output == "-":
+    if str(output) == "-":
         run(_export(path, sys.stdout.buffer, since, until, topic))
         return
-    # The events are as private as the outbox (0600): a new file gets the same mode.
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "wb") as out:
-        count = run(_export(path, out, since, until, topic))
-    click.echo(f"exported {counted(count, 'event')} to {output}", err=True)
+    target = Path(output)
+    # Written under a temporary name and renamed once complete: an interrupted or failed export
+    # never leaves a partial file, nor truncates the previous one. The events are as private as
+    # the outbox (0600), so the new file gets that mode.
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(fd, "wb") as out:
+            count = run(_export(path, out, since, until, topic))
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    click.echo(f"exported {counted(count, 'event')} to {target}", err=True)
 
 
 async def _import(path: Path, source: Any, name: str, skip_bad: bool, max_payload_bytes: int) -> ImportSummary:
     async with OutboxReader(path, create=True) as reader:
         size = _size_of(source)
-        with progress("reading  ", size) as read_bar:
+        with progress("reading", size, sizes=True) as read_bar:
 
             def report(phase: str, n: int) -> None:
                 if phase == "read":
@@ -166,7 +178,7 @@ def _size_of(source: Any) -> int | None:
 
 @outbox.command("import", epilog=EXIT_CODES_HELP)
 @path_argument
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE")
+@click.argument("file", type=FilePath(allow_dash=True), metavar="FILE")
 @click.option("--skip-bad", is_flag=True, help="Import the valid lines and list the bad ones, instead of importing nothing.")
 @click.option(
     "--max-payload-bytes",
@@ -177,7 +189,7 @@ def _size_of(source: Any) -> int | None:
     help="The largest payload accepted, as for Outbox(max_payload_bytes=...).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def import_(path: Path, file: str, skip_bad: bool, max_payload_bytes: int, as_json: bool) -> None:
+def import_(path: Path, file: Path, skip_bad: bool, max_payload_bytes: int, as_json: bool) -> None:
     """Add events from a JSON-lines FILE, keeping their ids.
 
     FILE holds lines as `outbox export` writes them (- for stdin); they are added as pending
@@ -192,13 +204,19 @@ def import_(path: Path, file: str, skip_bad: bool, max_payload_bytes: int, as_js
       outbox import events.db backup.jsonl
       zcat old.jsonl.gz | outbox import events.db - --skip-bad
     """
-    if file == "-":
-        summary = run(_import(path, sys.stdin.buffer, "stdin", skip_bad, max_payload_bytes))
-        name = "stdin"
-    else:
-        with open(file, "rb") as source:
-            summary = run(_import(path, source, file, skip_bad, max_payload_bytes))
-        name = file
+    created = not path.exists()
+    try:
+        if str(file) == "-":
+            summary = run(_import(path, sys.stdin.buffer, "stdin", skip_bad, max_payload_bytes))
+            name = "stdin"
+        else:
+            with open(file, "rb") as source:
+                summary = run(_import(path, source, str(file), skip_bad, max_payload_bytes))
+            name = str(file)
+    except BaseException:
+        if created:
+            _remove_empty_outbox(path)  # a failed import leaves no outbox behind it made itself
+        raise
     if as_json:
         echo_json(
             {
@@ -216,6 +234,19 @@ def import_(path: Path, file: str, skip_bad: bool, max_payload_bytes: int, as_js
         f"imported {counted(summary.added, 'event')} into {path} ({summary.already_present:,} already present,"
         f" {counted(len(summary.skipped), 'bad line')} skipped)"
     )
+
+
+def _remove_empty_outbox(path: Path) -> None:
+    """Delete the files an outbox at ``path`` is made of, if it holds no event."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            if db.execute("SELECT count(*) FROM events").fetchone()[0]:
+                return
+    except sqlite3.Error:
+        pass  # not even an outbox yet
+    for base in (path, ship_path(path)):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{base}{suffix}").unlink(missing_ok=True)
 
 
 # -- dead letters --------------------------------------------------------------------------------
@@ -253,8 +284,26 @@ _ids_argument = click.argument("ids", nargs=-1, metavar="[ID]...")
 _topic_option = click.option("--topic", metavar="TOPIC", help="Only dead letters of this topic.")
 
 
+def _check_uuids(ids: Sequence[str]) -> None:
+    bad = [i for i in ids if not _is_uuid(i)]
+    if bad:
+        raise click.UsageError(f"not an event id (a UUID): {', '.join(bad)}")
+
+
+async def _check_dead(reader: OutboxReader, ids: Sequence[str]) -> None:
+    """Refuse, before changing anything, ids that name no dead letter: a typo must not pass as done."""
+    found = {letter.id for letter in await reader.dead_letters(ids=ids)}
+    unknown = [i for i in dict.fromkeys(ids) if i not in found]
+    if unknown:
+        noun = "not a dead letter" if len(unknown) == 1 else "not dead letters"
+        raise click.UsageError(f"{noun}: {', '.join(unknown)}; nothing was changed")
+
+
 async def _dead(path: Path, action: str, topic: str | None, ids: Sequence[str]) -> tuple[int, list[DeadLetter]]:
+    _check_uuids(ids)
     async with OutboxReader(path) as reader:
+        if ids and action != "list":
+            await _check_dead(reader, ids)
         if action == "retry":
             return await reader.retry_dead(topic=topic, ids=ids), []
         if action == "drop":
@@ -300,7 +349,7 @@ def dead_retry(path: Path, ids: tuple[str, ...], topic: str | None) -> None:
     """
     path, wanted = _split_ids(path, ids)
     count, _ = run(_dead(path, "retry", topic, wanted))
-    click.echo(f"marked {counted(count, 'dead letter')} for retry" + _not_found(count, wanted))
+    click.echo(f"marked {counted(count, 'dead letter')} for retry" + _already(count, wanted))
 
 
 @dead.command("drop", epilog=EXIT_CODES_HELP)
@@ -323,12 +372,12 @@ def dead_drop(path: Path, ids: tuple[str, ...], topic: str | None, drop_all: boo
         raise click.UsageError("name the dead letters to drop: ids, --topic TOPIC, or --all")
     count, _ = run(_dead(path, "drop", topic, wanted))
     events = "its event" if count == 1 else "their events"
-    click.echo(f"dropped {counted(count, 'dead letter')} and {events}" + _not_found(count, wanted))
+    click.echo(f"dropped {counted(count, 'dead letter')} and {events}")
 
 
-def _not_found(count: int, ids: Sequence[str]) -> str:
-    missing = len(set(ids)) - count if ids else 0
-    return f" ({missing} of the ids given are not dead letters)" if missing > 0 else ""
+def _already(count: int, ids: Sequence[str]) -> str:
+    again = len(set(ids)) - count if ids else 0
+    return f" ({again} of the ids given were already marked for retry)" if again > 0 else ""
 
 
 # -- prune ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 import time
@@ -21,6 +22,8 @@ from typing import Any, TypeVar
 import click
 
 from .maintenance import format_time
+from .report import human_bytes
+from .secrets import scrub_secrets
 
 __all__ = [
     "EXIT_OK",
@@ -30,6 +33,7 @@ __all__ = [
     "EXIT_POSTGRES",
     "EXIT_INTERRUPTED",
     "EXIT_CODES_HELP",
+    "SHIPPER_EXIT_CODES_HELP",
     "CONTEXT_SETTINGS",
     "CliGroup",
     "TimeType",
@@ -42,6 +46,8 @@ __all__ = [
     "progress",
     "run",
     "path_argument",
+    "FilePath",
+    "FileProblem",
     "range_options",
     "dsn_option",
     "echo_json",
@@ -61,30 +67,25 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES_HELP = """\b
 Exit codes:
   0    done
-  1    verify found missing events, or an unexpected failure
-  2    usage: a bad option, argument or time
-  3    the outbox or an input file: missing, not an outbox, damaged, a bad line
+  1    verify found missing events, replay had events refused, or an unexpected failure
+  2    usage: a bad option, argument or time, or an id that is not a dead letter
+  3    the outbox or an input file: missing, a directory, not an outbox, damaged, a bad line
   4    Postgres: unreachable, malformed DSN, login refused, tables missing
   130  interrupted
 """
 
+SHIPPER_EXIT_CODES_HELP = """\b
+Exit codes:
+  0    done (run: stopped by SIGTERM or SIGINT)
+  1    the metrics port cannot be served, or an unexpected failure
+  2    usage: a bad option, argument or duration
+  3    the outbox: a directory, not an outbox, damaged
+  4    Postgres: unreachable, malformed DSN, login refused, a statement refused;
+       drain: events still pending when --timeout ran out
+  130  interrupted
+"""
+
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-# -- secrets -------------------------------------------------------------------------------------
-
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s]*@")
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
-
-
-def scrub_secrets(text: str) -> str:
-    """Replace passwords in any DSN inside ``text`` (URL or ``key=value`` form) with ``***``.
-
-    The last line of defence: DSNs are shown through ``redact_dsn``, but an error message from a
-    driver may quote one verbatim.
-    """
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", text)
-    return _KV_PASSWORD.sub(lambda m: f"{m['head']}***", text)
 
 
 # -- times ---------------------------------------------------------------------------------------
@@ -92,6 +93,7 @@ def scrub_secrets(text: str) -> str:
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$", re.IGNORECASE)
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+_LONGEST_S = 1000 * 366 * 86400
 _TIME_HINT = "use ISO 8601 such as 2024-05-01T12:00:00Z, or an age such as 15m, 2h, 7d"
 
 
@@ -102,7 +104,10 @@ def parse_duration(text: str) -> float:
         if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
             raise ValueError(f"{text!r} needs a unit: s, m, h, d or w (e.g. {cleaned}m)")
         raise ValueError(f"{text!r} is not a duration such as 15m, 2h or 7d")
-    return sum(float(n) * _UNIT_S[unit.lower()] for n, unit in _PART.findall(cleaned))
+    seconds = sum(float(n) * _UNIT_S[unit.lower()] for n, unit in _PART.findall(cleaned))
+    if seconds > _LONGEST_S:  # past any date a clock or SQLite's 64-bit integers can hold
+        raise ValueError(f"{text!r} is longer than anything an outbox could hold (at most 1000 years)")
+    return seconds
 
 
 def parse_time(text: str, *, now_us: int | None = None) -> int:
@@ -177,6 +182,10 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _Interrupted(Exception):
+    """Ctrl-C while a command ran (click would print a blank line for a KeyboardInterrupt)."""
+
+
 class CliGroup(click.Group):
     """A click group whose ``main`` turns every error into one line on stderr and an exit code.
 
@@ -202,6 +211,13 @@ class CliGroup(click.Group):
             return EXIT_FAILURE, f"unexpected {type(exc).__name__}: {describe_error(exc)}"
         code, describe = max(matches, key=lambda match: match[0])[1]
         return code, describe(exc)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; Ctrl-C becomes :class:`_Interrupted`, so click prints no blank line."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
 
     def main(  # type: ignore[override]
         self,
@@ -241,7 +257,7 @@ class CliGroup(click.Group):
         except click.ClickException as exc:
             self._fail(one_line(exc.format_message()))
             return exc.exit_code
-        except click.Abort:
+        except (click.Abort, _Interrupted, KeyboardInterrupt):
             self._fail("interrupted")
             return EXIT_INTERRUPTED
         except Exception as exc:  # the one place where errors become messages
@@ -265,32 +281,72 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @contextmanager
-def progress(label: str, length: int | None, *, deltas: bool = False) -> Iterator[Callable[[int], None]]:
+def progress(
+    label: str, length: int | None, *, deltas: bool = False, sizes: bool = False
+) -> Iterator[Callable[[int], None]]:
     """Yield ``update(done_so_far)``: a bar on stderr when it is a terminal, otherwise nothing.
 
-    With ``deltas``, ``update(n)`` means n more are done. Scripts reading stdout or stderr
-    never see bar characters.
+    With ``deltas``, ``update(n)`` means n more are done. With ``sizes``, the counts are bytes
+    and shown as sizes (``17.3 MiB of 35.4 MiB``), not as raw numbers. Scripts reading stdout
+    or stderr never see bar characters.
     """
     stream = sys.stderr
     if not length or not stream.isatty():
         yield lambda done: None
         return
-    with click.progressbar(length=length, label=label, file=stream, show_pos=True, show_eta=True) as bar:
+    total = length
+
+    def show(done: int | None) -> str:
+        return f"{human_bytes(done or 0)} of {human_bytes(total)}"
+
+    with click.progressbar(
+        length=length,
+        label=label,
+        file=stream,
+        show_pos=not sizes,
+        show_eta=True,
+        item_show_func=show if sizes else None,
+    ) as bar:
         shown = 0
 
         def update(done: int) -> None:
             nonlocal shown
-            step = min(shown + done if deltas else done, length) - shown
+            step = min(shown + done if deltas else done, total) - shown
             if step > 0:
-                bar.update(step)
                 shown += step
+                bar.update(step, current_item=shown)
 
         yield update
 
 
 # -- shared options ------------------------------------------------------------------------------
 
-path_argument = click.argument("path", envvar="OUTBOX_PATH", type=click.Path(path_type=Path), metavar="PATH")
+class FileProblem(click.ClickException):
+    """A path given for a file names something that is not one (exit 3, like a missing outbox)."""
+
+    exit_code = EXIT_OUTBOX
+
+
+class FilePath(click.Path):
+    """A file argument (``-`` allowed where ``allow_dash``), as a :class:`~pathlib.Path` or ``-``.
+
+    One rule for every command: a directory where a file belongs is a problem with the file
+    (exit 3, like a missing or damaged one), not a usage error. A missing file is left to the
+    command, which knows whether it creates one.
+    """
+
+    def __init__(self, *, allow_dash: bool = False) -> None:
+        super().__init__(allow_dash=allow_dash, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        shown = os.fsdecode(path)
+        if shown != "-" and os.path.isdir(shown):
+            raise FileProblem(f"{shown} is a directory, not a file")
+        return path
+
+
+path_argument = click.argument("path", envvar="OUTBOX_PATH", type=FilePath(), metavar="PATH")
 
 
 def dsn_option(*, required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

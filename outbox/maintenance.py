@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from . import shipclock
 from .errors import OutboxError, PayloadError
 from .ids import uuid7_time_ms
 from .payload import check_topic, encode_payload
@@ -38,25 +40,38 @@ def format_time(us: int) -> str:
 
 
 async def prune(reader: OutboxReader, *, older_than_us: int, keep_bytes: int | None = None) -> int:
-    """Delete shipped events created before ``older_than_us``; never a pending or dead one.
+    """Delete events shipped before ``older_than_us``; never a pending or dead one.
+
+    Counts from when each event *shipped*, not from its ``created_at`` (an imported event made
+    30 days ago has only just shipped), and by the boot clock, which a jump of the wall clock
+    cannot fool (see :mod:`outbox.shipclock`): ``older_than_us`` is turned into an age, *now
+    minus it*, on the caller's own wall clock. An age of 0 or less prunes everything shipped.
 
     Runs in chunks of a few hundred rows so appenders are never held up for long. The row with
     the highest seq is always kept (seqs must never be reused; see :mod:`outbox.schema`).
     Returns how many events were deleted.
     """
     db = reader.db
+    age_us = time.time_ns() // 1000 - older_than_us
+    try:
+        if age_us <= 0:
+            limit = await reader.cursor()
+        else:
+            sql, params = shipclock.shipped_before_sql(age_us)
+            limit = int(list(await db.execute_fetchall(sql, params))[0][0])
+    except sqlite3.Error as exc:
+        raise OutboxError(f"prune of {reader.path} failed: {exc}") from None
     deleted = 0
     while True:
         try:
             async with db.execute(
                 "DELETE FROM events WHERE seq IN ("
                 " SELECT e.seq FROM events e"
-                " WHERE e.seq <= (SELECT cursor FROM ship.progress WHERE one = 1)"
+                " WHERE e.seq <= min(?, (SELECT cursor FROM ship.progress WHERE one = 1))"
                 " AND e.seq < (SELECT max(seq) FROM events)"
-                " AND e.created_at < ?"
                 " AND NOT EXISTS (SELECT 1 FROM ship.dead d WHERE d.seq = e.seq)"
                 " ORDER BY e.seq LIMIT ?)",
-                (older_than_us, _PRUNE_CHUNK),
+                (limit, _PRUNE_CHUNK),
             ) as cur:
                 count = cur.rowcount
         except sqlite3.Error as exc:
@@ -71,6 +86,7 @@ async def checkpoint(reader: OutboxReader, *, truncate: bool = False) -> None:
     mode = "TRUNCATE" if truncate else "PASSIVE"
     try:
         await reader.db.execute(f"PRAGMA main.wal_checkpoint({mode})")
+        await reader.db.execute(f"PRAGMA ship.wal_checkpoint({mode})")  # the side file's notes, too
     except sqlite3.Error as exc:
         raise OutboxError(f"checkpoint of {reader.path} failed: {exc}") from None
 

@@ -12,12 +12,14 @@ import json
 import json.encoder
 import math
 import re
+import sys
+import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import PayloadError
 
-__all__ = ["encode_payload", "compact_json", "check_topic", "MAX_TOPIC_LENGTH"]
+__all__ = ["encode_payload", "compact_json", "check_topic", "MAX_TOPIC_LENGTH", "MAX_DEPTH"]
 
 MAX_TOPIC_LENGTH = 200
 
@@ -83,17 +85,33 @@ def encode_payload(payload: object, max_bytes: int) -> tuple[str, int]:
         raise PayloadError(f"payload must be a mapping, not {type(payload).__name__}")
     try:
         text: str = "".join(_C_ENCODE(obj, 0)) if _C_ENCODE is not None else _ENCODER.encode(obj)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise PayloadError(_explain(obj, exc)) from None
+    except RecursionError:
+        # Too deep for the stack left: the payload's nesting, a loop, or the caller's own deep
+        # stack. The limit is checked here, not left to the encoder (3.13's no longer raises).
+        problem = _in_fresh_stack(_explain, obj, None)
+        if problem != _NOTHING_WRONG:
+            raise PayloadError(problem) from None
+        text = _in_fresh_stack(compact_json, obj)  # a sound payload, a deep caller
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(_in_fresh_stack(_explain, obj, exc)) from None
+    # Each level of nesting takes two brackets: a short payload cannot be too deep (an ordinary
+    # event pays one length test), a longer one is counted at C speed (~0.2 us per 200 bytes),
+    # and only a bracket-heavy one is walked.
+    if (
+        len(text) > 2 * MAX_DEPTH
+        and text.count("[") + text.count("{") > MAX_DEPTH
+        and (deep := _too_deep(obj))
+    ):
+        raise PayloadError(deep)
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
-        raise PayloadError(_explain(obj, None))
+        raise PayloadError(_in_fresh_stack(_explain, obj, None))
     if text.isascii():
         size = len(text)
     else:
         try:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:
-            raise PayloadError(_explain(obj, None)) from None
+            raise PayloadError(_in_fresh_stack(_explain, obj, None)) from None
     if size > max_bytes:
         raise PayloadError(
             f"payload is {size} bytes once serialised; the limit is {max_bytes} (max_payload_bytes)"
@@ -110,22 +128,68 @@ def compact_json(value: Any) -> str:
     return "".join(_C_ENCODE(value, 0)) if _C_ENCODE is not None else _ENCODER.encode(value)
 
 
+_NOTHING_WRONG = "payload is not JSON-serialisable"
+_R = TypeVar("_R")
+
+
+def _in_fresh_stack(call: Callable[..., _R], *args: Any) -> _R:
+    """Run ``call`` with room for ``MAX_DEPTH`` levels however deep the caller already is.
+
+    Only on the error path: the caller of ``append`` may itself sit deep in recursion, and a
+    payload within the limit must be judged the same from anywhere. The limit is raised for
+    the call (under a lock, so two threads cannot leave it raised) rather than the call moved
+    to a thread: starting a thread needs stack too.
+    """
+    with _HEADROOM:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + 3 * MAX_DEPTH)
+        try:
+            return call(*args)
+        finally:
+            sys.setrecursionlimit(limit)
+
+
+_HEADROOM = threading.RLock()
+
+
 def _explain(obj: Any, exc: BaseException | None) -> str:
     """Walk ``obj`` to name the first value Postgres ``jsonb`` would refuse, and where it is."""
     found = _find(obj, "$", set(), 0)
     if found:
         return found
-    if isinstance(exc, RecursionError):
-        return "payload is nested too deeply to serialise"
-    return f"payload is not JSON-serialisable: {exc}" if exc else "payload is not JSON-serialisable"
+    return f"{_NOTHING_WRONG}: {exc}" if exc else _NOTHING_WRONG
 
 
-_MAX_DEPTH = 500
+MAX_DEPTH = 500  # containers inside containers: far past any real event, well inside every decoder
+
+
+def _too_deep(obj: Any) -> str | None:
+    """Name where ``obj`` nests more than ``MAX_DEPTH`` containers deep; None if it does not.
+
+    Iterative, so it needs no stack of its own and stops at the first level past the limit
+    (a circular payload would be reported as too deep; only a payload that encoded gets here).
+    """
+    stack: list[tuple[Any, int, str]] = [(obj, 1, "$")]
+    while stack:
+        value, depth, path = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"payload is nested more than {MAX_DEPTH} levels deep at {path[:200]}"
+        if isinstance(value, dict):
+            items: Any = value.items()
+        elif isinstance(value, (list, tuple)):
+            items = enumerate(value)
+        else:
+            continue
+        for key, item in items:
+            if isinstance(item, (dict, list, tuple)):
+                step = f"[{key}]" if isinstance(value, (list, tuple)) else f".{key}"
+                stack.append((item, depth + 1, path + step if len(path) < 200 else path))
+    return None
 
 
 def _find(value: Any, path: str, seen: set[int], depth: int) -> str | None:
-    if depth > _MAX_DEPTH:
-        return f"payload is nested more than {_MAX_DEPTH} levels deep at {path}"
+    if depth > MAX_DEPTH:
+        return f"payload is nested more than {MAX_DEPTH} levels deep at {path}"
     if isinstance(value, str):
         return _bad_str(value, f"string at {path}")
     if value is None or isinstance(value, (bool, int)):

@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 
 import aiosqlite
 
-from . import schema
-from .errors import OutboxClosedError, OutboxError
+from . import identity, schema, shipclock
+from .errors import OutboxClosedError, OutboxError, OutboxFullError, disk_is_full
 
 __all__ = ["Event", "DeadLetter", "Status", "TopicStatus", "OutboxReader"]
 
@@ -102,6 +102,7 @@ class Status:
 _EVENT_COLUMNS = "e.seq, e.id, e.topic, e.payload, e.created_at"
 _NOT_SET_ASIDE = "NOT EXISTS (SELECT 1 FROM ship.dead d WHERE d.seq = e.seq)"
 _PENDING = f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE} ORDER BY e.seq LIMIT ?"
+_WAL_KEEP_BYTES = 256 * 1024
 _INLINE_CHUNK = 256  # rows per step of an inline read: ~0.2 ms of the loop's time each
 _as_event = tuple.__new__  # Event(*row) without the Python-level __new__: half the cost
 _EVENT_TYPE = itertools.repeat(Event)
@@ -129,6 +130,8 @@ class OutboxReader:
         self._db: aiosqlite.Connection | None = None
         self._inline: sqlite3.Connection | None = None  # read_pending's, on the loop's thread
         self._closed = False
+        self._side_missing = False  # only looking, and no side file yet: one in memory stands in
+        self._previous: list[str] = []
         self.outbox_id = ""
 
     async def open(self) -> OutboxReader:
@@ -142,11 +145,14 @@ class OutboxReader:
         try:
             await db.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
             await db.execute("PRAGMA wal_autocheckpoint = 0")
-            await db.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
+            await self._attach_ship(db)
+            # when this connection's write starts a WAL over, the file is cut back: max_bytes counts it
+            await db.execute(f"PRAGMA main.journal_size_limit = {_WAL_KEEP_BYTES}")
+            await db.execute(f"PRAGMA ship.journal_size_limit = {_WAL_KEEP_BYTES // 4}")
             inline = self._connect_inline()
         except sqlite3.Error as exc:
             await db.close()
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc, "cannot open outbox") from None
         self._db, self._inline = db, inline
         return self
 
@@ -156,21 +162,109 @@ class OutboxReader:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
-            conn.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
+            if self._side_missing:
+                conn.execute("ATTACH DATABASE ':memory:' AS ship")
+                conn.executescript(schema.empty_ship_script())
+            else:
+                conn.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
         except BaseException:
             conn.close()
             raise
         return conn
 
+    async def _materialize(self) -> None:
+        """Before a first write: make the real side file and attach it in place of the stand-in."""
+        if not self._side_missing:
+            return
+        outbox_id, previous = self.outbox_id, self._previous
+        await asyncio.to_thread(lambda: schema.connect_ship(self.path, outbox_id, previous).close())
+        self._side_missing = False
+        side = str(schema.ship_path(self.path))
+        try:
+            await self.db.execute("DETACH DATABASE ship")
+            await self.db.execute("ATTACH DATABASE ? AS ship", (side,))
+            await self.db.execute(f"PRAGMA ship.journal_size_limit = {_WAL_KEEP_BYTES // 4}")
+            if self._inline is not None:
+                self._inline.execute("DETACH DATABASE ship")
+                self._inline.execute("ATTACH DATABASE ? AS ship", (side,))
+        except sqlite3.Error as exc:
+            raise _error(self.path, exc) from None
+
+    async def _attach_ship(self, db: aiosqlite.Connection) -> None:
+        if not self._side_missing:
+            await db.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
+            return
+        # Only looking (create=False) at an outbox never shipped: an empty side file in memory,
+        # so `outbox status` and `export` create and change nothing (nothing has shipped, and
+        # there are no dead letters to list). The first write makes the real one (_materialize).
+        await db.execute("ATTACH DATABASE ':memory:' AS ship")
+        await db.executescript(schema.empty_ship_script())
+
     def _prepare(self) -> str:
         events = schema.connect_events(self.path, create=self._create)
         try:
-            outbox_id = schema.outbox_id_of(events, self.path)
-            schema.check_shipped_within(events, self.path, outbox_id)
+            found = schema.outbox_id_of(events, self.path)  # a file with no id is damaged
+            if not self._create:
+                # only looking (status, export, dead list ...): no fork, no side file made; the
+                # shipper (create=True) and the appenders do those
+                previous = identity.previous_ids(events)
+                schema.check_shipped_within(events, self.path, found, previous)
+                self._side_missing = not schema.ship_path(self.path).exists()
+                self._previous = previous
+                if not self._side_missing:
+                    schema.connect_ship(self.path, found, previous).close()
+                return found
+            try:
+                outbox_id = identity.ensure_identity(events, self.path)  # a copy forks here
+                if not schema.ship_path(self.path).exists() and identity.had_side_file(events):
+                    # its cursor and dead letters are gone: Postgres's ledger would skip the
+                    # dead letters as shipped. A new identity re-sends what the file holds,
+                    # and what Postgres refuses becomes a dead letter again.
+                    outbox_id = identity.fork(
+                        events, self.path, f"its side file {schema.ship_path(self.path)} (progress, dead letters) is missing"
+                    )
+                previous = identity.previous_ids(events)
+            except sqlite3.Error as exc:
+                raise _error(self.path, exc) from None
+            schema.check_shipped_within(events, self.path, outbox_id, previous)
+            schema.connect_ship(self.path, outbox_id, previous).close()
+            try:
+                identity.note_side_file(events)
+            except sqlite3.Error:
+                pass  # read-only: the next writer notes it
         finally:
             events.close()
-        schema.connect_ship(self.path, outbox_id).close()
         return outbox_id
+
+    async def fork(self, why: str) -> str:
+        """Take a new outbox id (the shipper found this file is a copy); return it.
+
+        Progress and dead letters stay: the side file is carried over to the new id.
+        """
+        def run() -> str:
+            events = schema.connect_events(self.path, create=False)
+            try:
+                outbox_id = identity.fork(events, self.path, why)
+                previous = identity.previous_ids(events)
+            finally:
+                events.close()
+            schema.connect_ship(self.path, outbox_id, previous).close()
+            return outbox_id
+
+        try:
+            self.outbox_id = await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            raise _error(self.path, exc) from None
+        return self.outbox_id
+
+    async def last_unshipped_within(self, after: int, upto: int) -> Event | None:
+        """Return the last event with ``after < seq <= upto`` that is not a dead letter, if any."""
+        rows = await self._all(
+            f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND e.seq <= ? AND {_NOT_SET_ASIDE}"
+            " ORDER BY e.seq DESC LIMIT 1",
+            (after, upto),
+        )
+        return Event(*rows[0]) if rows else None
 
     async def close(self) -> None:
         """Close the connection."""
@@ -214,20 +308,22 @@ class OutboxReader:
         try:
             return list(await self.db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        await self._materialize()
         try:
             async with self.db.execute(sql, params) as cur:
                 return int(cur.rowcount)
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
 
     async def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._materialize()
         try:
             await self.db.executemany(sql, rows)
         except sqlite3.Error as exc:  # a full disk, say: the shipper must see an OutboxError
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
 
     # -- shipping --------------------------------------------------------------------------------
 
@@ -269,15 +365,30 @@ class OutboxReader:
                 with contextlib.suppress(sqlite3.Error):  # closed under us: the error above says so
                     cur.close()  # ends the read transaction, even if cancelled halfway
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
         return events
 
     async def advance(self, cursor: int) -> None:
-        """Record that everything up to ``cursor`` is shipped; never moves the cursor back."""
+        """Record that everything up to ``cursor`` is shipped; never moves the cursor back.
+
+        Also marks when (see :mod:`outbox.shipclock`): the latest mark moves up while it is
+        under a minute old, else a new one starts; retention counts from these marks.
+        """
+        wall, boot, boot_us = shipclock.now()
         await self._write(
-            "UPDATE ship.progress SET cursor = max(cursor, ?), updated_at = ? WHERE one = 1",
-            (cursor, _now_us()),
+            "UPDATE ship.progress SET cursor = max(cursor, ?), updated_at = ? WHERE one = 1", (cursor, wall)
         )
+        moved = await self._write(
+            "UPDATE ship.shipped_at SET cursor = ?, wall_us = ?, boot_us = ?"
+            " WHERE cursor = (SELECT max(cursor) FROM ship.shipped_at) AND cursor < ? AND boot = ? AND boot_us > ?",
+            (cursor, wall, boot_us, cursor, boot, boot_us - shipclock.MARK_EVERY_US),
+        )
+        if not moved:
+            await self._write(
+                "INSERT OR IGNORE INTO ship.shipped_at(cursor, wall_us, boot, boot_us)"
+                " SELECT ?, ?, ?, ? WHERE ? > (SELECT coalesce(max(cursor), -1) FROM ship.shipped_at)",
+                (cursor, wall, boot, boot_us, cursor),
+            )
 
     async def set_cursor(self, cursor: int) -> None:
         """Set the cursor exactly (operators' repair; the shipper uses :meth:`advance`)."""
@@ -289,6 +400,7 @@ class OutboxReader:
         rows = [(ev.seq, ev.id, ev.topic, error, now) for ev, error in failures]
         if not rows:
             return 0
+        await self._materialize()
         try:
             await self.db.executemany(
                 "INSERT INTO ship.dead(seq, id, topic, error, status, attempts, failed_at)"
@@ -298,7 +410,7 @@ class OutboxReader:
                 rows,
             )
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from None
+            raise _error(self.path, exc) from None
         return len(rows)
 
     async def read_retries(self, limit: int) -> list[Event]:
@@ -326,10 +438,12 @@ class OutboxReader:
         )
 
     async def used_bytes(self) -> int:
-        """Return the bytes the events file's pages in use take (what ``max_bytes`` limits)."""
-        pages = int(await self._one("PRAGMA main.page_count"))
-        free = int(await self._one("PRAGMA main.freelist_count"))
-        return (pages - free) * int(await self._one("PRAGMA main.page_size"))
+        """Return what ``max_bytes`` limits: the events file's pages in use and every other file."""
+        rows = await self._all(
+            "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()),"
+            " (SELECT page_size FROM pragma_page_size())"
+        )
+        return int(rows[0][0]) * int(rows[0][1]) + schema.side_bytes(self.path)
 
     async def meta(self, key: str) -> str | None:
         """Return a value from the events file's meta table (e.g. ``max_bytes``)."""
@@ -357,6 +471,7 @@ class OutboxReader:
     async def drop_dead(self, *, topic: str | None = None, ids: Sequence[str] = ()) -> int:
         """Delete dead letters and their events for good. Return how many."""
         where, params = self._dead_filter(topic, ids, ("dead", "retry"))
+        await self._materialize()
         db = self.db
         try:
             await db.execute("BEGIN IMMEDIATE")
@@ -372,7 +487,7 @@ class OutboxReader:
             if db.in_transaction:
                 await db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise OutboxError(f"outbox {self.path}: {exc}") from None
+                raise _error(self.path, exc) from None
             raise
         return len(seqs)
 
@@ -395,9 +510,10 @@ class OutboxReader:
         cursor = await self.cursor()
         last = await self.last_seq()
         pending = int(await self._one(f"SELECT count(*) FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE}", (cursor,)))
+        retrying = int(await self._one("SELECT count(*) FROM ship.dead WHERE status = 'retry'"))  # pending again
         below = int(await self._one("SELECT count(*) FROM events WHERE seq <= ?", (cursor,)))
         aside = int(await self._one("SELECT count(*) FROM ship.dead WHERE seq <= ?", (cursor,)))
-        dead = int(await self._one("SELECT count(*) FROM ship.dead WHERE status IN ('dead', 'retry')"))
+        dead = int(await self._one("SELECT count(*) FROM ship.dead WHERE status = 'dead'"))
         oldest = await self._one(
             f"SELECT e.created_at FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE} ORDER BY e.seq LIMIT 1",
             (cursor,),
@@ -409,14 +525,14 @@ class OutboxReader:
         if per_topic:
             rows = await self._all(
                 "SELECT e.topic,"
-                " sum(e.seq > ? AND d.seq IS NULL), sum(e.seq <= ? AND d.seq IS NULL),"
-                " sum(d.status IN ('dead', 'retry'))"
+                " sum((e.seq > ? AND d.seq IS NULL) OR d.status = 'retry'), sum(e.seq <= ? AND d.seq IS NULL),"
+                " sum(d.status = 'dead')"
                 " FROM events e LEFT JOIN ship.dead d ON d.seq = e.seq GROUP BY e.topic ORDER BY e.topic",
                 (cursor, cursor),
             )
             topics = tuple(TopicStatus(t, int(p or 0), int(s or 0), int(d or 0)) for t, p, s, d in rows)
         return Status(
-            pending=pending,
+            pending=pending + retrying,
             shipped=below - aside,
             dead=dead,
             oldest_pending_age_s=age,
@@ -485,10 +601,15 @@ class OutboxReader:
 
 
 def _bytes_on_disk(path: Path) -> int:
-    total = 0
-    for suffix in ("", "-wal", "-shm", "-ship", "-ship-wal", "-ship-shm"):
-        try:
-            total += os.stat(f"{path}{suffix}").st_size
-        except FileNotFoundError:
-            pass
-    return total
+    try:
+        main = os.stat(path).st_size
+    except FileNotFoundError:
+        main = 0
+    return main + schema.side_bytes(path)
+
+
+def _error(path: Path, exc: sqlite3.Error, what: str = "outbox") -> OutboxError:
+    """Translate a sqlite3 error met reading or noting progress, naming the file."""
+    if disk_is_full(exc, path):
+        return OutboxFullError(f"the disk holding outbox {path} is full")
+    return OutboxError(f"{what} {path}: {exc}")

@@ -17,15 +17,19 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import NotAnOutboxError, OutboxCorruptError, OutboxError
+from . import shipclock
+from .errors import NotAnOutboxError, OutboxCorruptError, OutboxError, OutboxFullError, disk_is_full
 
 __all__ = [
     "APPLICATION_ID",
     "outbox_id_of",
     "SCHEMA_VERSION",
     "ship_path",
+    "side_bytes",
+    "SIDE_SUFFIXES",
     "connect_events",
     "connect_ship",
     "create_private_file",
@@ -68,34 +72,73 @@ CREATE INDEX IF NOT EXISTS dead_status ON dead(status);
 """
 
 
+SIDE_SUFFIXES = ("-wal", "-shm", "-ship", "-ship-wal", "-ship-shm")
+
+
+def side_bytes(path: str | os.PathLike[str]) -> int:
+    """Return the bytes the outbox's files other than the events file take (WALs, side file)."""
+    total = 0
+    for suffix in SIDE_SUFFIXES:
+        try:
+            total += os.stat(f"{os.fspath(path)}{suffix}").st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def empty_ship_script(name: str = "ship") -> str:
+    """SQL laying out an empty side file in the attached database ``name`` (a ``:memory:`` stand-in)."""
+    script = f"{_SHIP_DDL};{shipclock.DDL};INSERT INTO progress(one, cursor, updated_at) VALUES (1, 0, 0);"
+    script = script.replace("CREATE TABLE IF NOT EXISTS ", f"CREATE TABLE IF NOT EXISTS {name}.")
+    script = script.replace("CREATE INDEX IF NOT EXISTS ", f"CREATE INDEX IF NOT EXISTS {name}.")
+    return script.replace("INSERT INTO progress", f"INSERT INTO {name}.progress")
+
+
 def ship_path(path: str | os.PathLike[str]) -> Path:
     """Return the path of the shipper's side file for the outbox at ``path``."""
     return Path(f"{os.fspath(path)}-ship")
 
 
-def create_private_file(path: Path) -> bool:
+def create_private_file(path: Path, like: Path | None = None) -> bool:
     """Create ``path`` empty with mode 0600 unless it exists; return True if it was created.
 
     SQLite gives its ``-wal`` and ``-shm`` files the mode of the main file, so this is the one
-    place that decides who can read the events.
+    place that decides who can read the events. A side file (``like`` the events file) gets the
+    events file's mode and, where this process may give it (root), its owner: ``outbox status``
+    run as root once left a root-owned ``-ship`` behind, and the bot's own user could no longer ship.
     """
+    mode, owner = 0o600, None
+    if like is not None:
+        try:
+            st = os.stat(like)
+            mode, owner = st.st_mode & 0o666, (st.st_uid, st.st_gid)
+        except OSError:
+            pass
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
     except FileExistsError:
         return False
     except OSError as exc:
         raise OutboxError(f"cannot create outbox file {path}: {exc.strerror}") from None
-    os.close(fd)
+    try:
+        os.fchmod(fd, mode)  # not narrowed by the umask
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, *owner)
+            except PermissionError:
+                pass  # not root: the file is ours, as the events file's own user would make it
+    finally:
+        os.close(fd)
     return True
 
 
-def _connect(path: Path, *, create: bool, synchronous: str) -> sqlite3.Connection:
+def _connect(path: Path, *, create: bool, synchronous: str, like: Path | None = None) -> sqlite3.Connection:
     if not create and not path.exists():
         raise OutboxError(f"no outbox at {path}")
     if path.is_dir():
         raise OutboxError(f"{path} is a directory, not an outbox file")
     if create:
-        create_private_file(path)
+        create_private_file(path, like)
     try:
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
@@ -112,6 +155,8 @@ def _connect(path: Path, *, create: bool, synchronous: str) -> sqlite3.Connectio
 
 
 def _damaged(path: Path, exc: sqlite3.Error) -> OutboxError:
+    if disk_is_full(exc, path):
+        return OutboxFullError(f"the disk holding outbox {path} is full")
     text = str(exc)
     if "not a database" in text or "malformed" in text or "corrupt" in text:
         return OutboxCorruptError(f"outbox {path} is damaged or not a SQLite file ({text})")
@@ -180,17 +225,24 @@ def connect_events(
     return conn
 
 
-def connect_ship(path: str | os.PathLike[str], outbox_id: str) -> sqlite3.Connection:
+def connect_ship(
+    path: str | os.PathLike[str], outbox_id: str, previous: Sequence[str] = ()
+) -> sqlite3.Connection:
     """Open the shipper's side file of the outbox at ``path``, creating it if needed.
 
     A side file left over from another outbox (the events file was replaced) is moved aside
-    rather than trusted: its cursor would mark the new file's events as already shipped.
+    rather than trusted: its cursor would mark the new file's events as already shipped. One
+    of an id the outbox had before it forked (``previous``, see :mod:`outbox.identity`) is the
+    same file's and is carried over to the new id.
     """
     p = ship_path(path)
-    conn = _connect(p, create=True, synchronous="NORMAL")
+    conn = _connect(p, create=True, synchronous="NORMAL", like=Path(path))
     try:
         _ensure(conn, p, _SHIP_DDL, SHIP_SCHEMA_VERSION, {"outbox_id": outbox_id})
         row = conn.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+        if row is not None and row[0] != outbox_id and row[0] in previous:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'outbox_id'", (outbox_id,))
+            row = (outbox_id,)
         if row is None or row[0] != outbox_id:
             conn.close()
             aside = p.with_name(f"{p.name}.orphan-{int(time.time())}")
@@ -198,11 +250,12 @@ def connect_ship(path: str | os.PathLike[str], outbox_id: str) -> sqlite3.Connec
                 src = Path(f"{p}{suffix}")
                 if src.exists():
                     src.rename(Path(f"{aside}{suffix}"))
-            return connect_ship(path, outbox_id)
+            return connect_ship(path, outbox_id, previous)
         conn.execute(
             "INSERT OR IGNORE INTO progress(one, cursor, updated_at) VALUES (1, 0, ?)",
             (time.time_ns() // 1000,),
         )
+        shipclock.ensure(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise _damaged(p, exc) from None
@@ -239,7 +292,9 @@ def _check_not_emptied(path: Path) -> None:
         )
 
 
-def check_shipped_within(conn: sqlite3.Connection, path: str | os.PathLike[str], outbox_id: str) -> None:
+def check_shipped_within(
+    conn: sqlite3.Connection, path: str | os.PathLike[str], outbox_id: str, previous: Sequence[str] = ()
+) -> None:
     """Refuse an events file that ends below what its side file records as shipped.
 
     The row holding the highest seq is never deleted, so the file can only end below the
@@ -260,7 +315,7 @@ def check_shipped_within(conn: sqlite3.Connection, path: str | os.PathLike[str],
             ship.close()
     except sqlite3.Error:
         return  # a damaged side file is the shipper's to report; the events themselves are fine
-    if row is None or row[0] != outbox_id or row[1] is None:
+    if row is None or (row[0] != outbox_id and row[0] not in previous) or row[1] is None:
         return
     try:
         last = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])

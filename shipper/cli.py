@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
@@ -17,18 +18,20 @@ from outbox import OutboxError, OutboxReader
 from outbox.clilog import log_to_stderr
 from outbox.clitools import (
     CONTEXT_SETTINGS,
-    EXIT_CODES_HELP,
     EXIT_OUTBOX,
     CliGroup,
     DurationType,
+    FilePath,
     dsn_option,
     echo_json,
     progress,
     run,
 )
+from outbox.clitools import SHIPPER_EXIT_CODES_HELP as EXIT_CODES_HELP
 from outbox.report import counted
 
 from .dsn import redact_dsn
+from .errors import ShipperError
 from .loop import Shipper, ShipperStats
 from .migrate import migrate as migrate_schema
 from .outbox_cli import register_postgres_errors
@@ -47,6 +50,7 @@ class ShipperSettings:
     batch_size: int = 1000
     flush_interval: float = 0.05
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
     retention_s: float = 7 * 86400
     stop_timeout: float = 10.0
 
@@ -58,6 +62,7 @@ class ShipperSettings:
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
             metrics_port=self.metrics_port,
+            metrics_addr=self.metrics_addr,
             retention_s=self.retention_s,
             stop_timeout=self.stop_timeout,
         )
@@ -90,7 +95,7 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
             envvar="OUTBOX_PATH",
             show_envvar=True,
             required=True,
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=FilePath(),
             metavar="PATH",
             help="The outbox file (created if missing).",
         ),
@@ -109,7 +114,14 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--metrics-port",
             type=click.IntRange(min=1, max=65535),
-            help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.",
+            help="Serve Prometheus metrics on http://ADDR:PORT/metrics.",
+        ),
+        click.option(
+            "--metrics-addr",
+            default="127.0.0.1",
+            show_default=True,
+            metavar="ADDR",
+            help="The address the metrics listen on; 0.0.0.0 lets a Prometheus in another container scrape them.",
         ),
         click.option(
             "--retention",
@@ -162,6 +174,7 @@ def _settings(options: dict[str, Any]) -> ShipperSettings:
         batch_size=options["batch_size"],
         flush_interval=options["flush_interval"],
         metrics_port=options["metrics_port"],
+        metrics_addr=options["metrics_addr"],
         retention_s=options["retention"],
         stop_timeout=options["stop_timeout"],
     )
@@ -176,7 +189,7 @@ async def _start(settings: ShipperSettings) -> Shipper:
         await s.stop()
         if settings.metrics_port is not None and exc.errno in (errno.EADDRINUSE, errno.EACCES):
             raise click.ClickException(
-                f"cannot serve metrics on 127.0.0.1:{settings.metrics_port}: {exc.strerror}"
+                f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port}: {exc.strerror}"
             ) from None
         raise
     return s
@@ -229,22 +242,63 @@ def run_(log_level: str, log_format: str, **options: Any) -> None:
 # -- drain ---------------------------------------------------------------------------------------
 
 
-async def _drain(settings: ShipperSettings, timeout: float | None) -> ShipperStats:
+@dataclass(frozen=True)
+class DrainResult:
+    """What a drain did, and what the outbox holds once it has stopped."""
+
+    stats: ShipperStats
+    pending: int
+    dead: int
+    timed_out: bool
+    failure: Exception | None = None  # what stopped the drain early, raised once the result is out
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape ``shipper drain --json`` prints."""
+        return {
+            "shipped": self.stats.shipped,
+            "pending": self.pending,
+            "dead": self.dead,
+            "refused": self.stats.dead,
+            "retries": self.stats.retries,
+            "timed_out": self.timed_out,
+        }
+
+
+async def _drain(settings: ShipperSettings, timeout: float | None) -> DrainResult:
     await migrate_schema(settings.dsn)  # fail at once, clearly, when Postgres cannot be reached
     async with OutboxReader(settings.outbox_path, create=True) as reader:
         pending = (await reader.status()).pending
     s = await _start(settings)
+    timed_out = False
+    failure: BaseException | None = None
+    draining: asyncio.Future[int] | None = None
     try:
         with progress("shipping", pending) as update:
             watcher = asyncio.create_task(_watch(s, update))
+            draining = asyncio.ensure_future(s.drain())
             try:
-                await s.drain(timeout=timeout)
+                # not wait_for: on 3.11 a cancellation that meets the drain's own wait is lost, and
+                # wait_for then returns as if the drain had finished in time, having shipped it all
+                await asyncio.wait({draining}, timeout=timeout)
+                if draining.done():
+                    failure = draining.exception()
+                else:
+                    timed_out = True
+                    s.halt()  # out of time: finish the batch in flight, ship nothing more
             finally:
                 watcher.cancel()
+                draining.cancel()
             update(s.stats.shipped + s.stats.dead)
     finally:
         await s.stop()
-    return s.stats
+        if draining is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await draining  # its outcome is known already: here it only has to end
+    if failure is not None and not isinstance(failure, Exception):
+        raise failure
+    async with OutboxReader(settings.outbox_path) as reader:  # the truth once shipping has stopped
+        left = await reader.status()
+    return DrainResult(s.stats, left.pending, left.dead, timed_out, failure)
 
 
 async def _watch(s: Shipper, update: Callable[[int], None]) -> None:
@@ -260,7 +314,7 @@ async def _watch(s: Shipper, update: Callable[[int], None]) -> None:
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
-    help="Give up (exit 4) if the events are not all shipped by then. Default: wait.",
+    help="Stop shipping after this long; exit 4 if events are still pending then. Default: wait.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool, **options: Any) -> None:
@@ -276,15 +330,24 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
     """
     settings = _settings(options)
     with log_to_stderr(log_level, log_format):
-        stats = run(_drain(settings, timeout))
+        result = run(_drain(settings, timeout))
+    stats = result.stats
     if as_json:
-        echo_json({"shipped": stats.shipped, "dead": stats.dead, "retries": stats.retries})
-        return
-    click.echo(f"shipped {counted(stats.shipped, 'event')} to {redact_dsn(settings.dsn)}")
-    if stats.dead:
-        click.echo(
-            f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters:"
-            f" outbox dead list {settings.outbox_path}"
+        echo_json(result.as_json())
+    else:
+        click.echo(f"shipped {counted(stats.shipped, 'event')} to {redact_dsn(settings.dsn)}")
+        if stats.dead:
+            click.echo(
+                f"{counted(stats.dead, 'event')} refused by Postgres, kept as dead letters:"
+                f" outbox dead list {settings.outbox_path}"
+            )
+    if result.failure is not None:
+        raise result.failure
+    if result.pending:
+        when = f"timed out after {timeout:g} s" if result.timed_out else "stopped"
+        raise ShipperError(
+            f"drain {when}: {counted(result.pending, 'event')} still pending (they stay in the outbox;"
+            " shipper drain or shipper run ships them)"
         )
 
 

@@ -3,51 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from outbox.secrets import scrub_secrets, secrets_in
+
 from .errors import ConnectError
 
-__all__ = ["redact_dsn", "connect"]
-
-_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+__all__ = ["redact_dsn", "scrub", "connect"]
 
 
 def redact_dsn(dsn: str) -> str:
-    """Return ``dsn`` with any password replaced by ``***`` (URL or key=value form)."""
-    if "://" not in dsn:
-        return _KEYWORD_PASSWORD.sub(r"\1***", dsn)
-    try:
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{hostinfo}"
-        redacted = urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        head, _, tail = dsn.partition("://")
-        redacted = f"{head}://***@{tail.rpartition('@')[2]}" if "@" in tail else dsn
-    return _QUERY_PASSWORD.sub(r"\1***", redacted)
+    """Return ``dsn`` with any password replaced by ``***``, whatever its shape (see outbox.secrets)."""
+    return scrub_secrets(dsn)
 
 
 def scrub(text: str, dsn: str) -> str:
-    """Remove the DSN's password from an error message that might quote it."""
-    password = _password_of(dsn)
-    text = text.replace(dsn, redact_dsn(dsn))
-    return text.replace(password, "***") if password else text
-
-
-def _password_of(dsn: str) -> str | None:
-    try:
-        return urlsplit(dsn).password if "://" in dsn else None
-    except ValueError:
-        return None
+    """Remove the DSN's password from an error message that might quote it, alone or in the DSN."""
+    for secret in secrets_in(dsn):
+        text = text.replace(secret, "***")
+    return scrub_secrets(text)
 
 
 async def connect(dsn: str, *, timeout: float = 10.0, **kwargs: Any) -> asyncpg.Connection:
@@ -66,5 +42,5 @@ async def connect(dsn: str, *, timeout: float = 10.0, **kwargs: Any) -> asyncpg.
         raise ConnectError(f"Postgres at {where} refused the password") from None
     except asyncpg.PostgresError as exc:
         raise ConnectError(f"Postgres at {where} refused the connection: {scrub(str(exc), dsn)}") from None
-    except (ValueError, TypeError, asyncpg.InterfaceError) as exc:
+    except (ValueError, TypeError, OverflowError, asyncpg.InterfaceError) as exc:  # OverflowError: a port past 65535
         raise ConnectError(f"malformed DSN {where}: {scrub(str(exc), dsn)}") from None

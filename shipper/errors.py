@@ -49,13 +49,17 @@ _SCHEMA_STATES = {
     # so this is a column added by hand that it does not know; every row would fail alike
     "23502",
 }
-_ROW_CLASSES = ("22", "23")  # data exception, integrity constraint violation
+# data exception, integrity constraint violation, program limit exceeded (a row too big, nested
+# too deeply): each is one row's fault, found by bisecting and set aside, never retried forever
+_ROW_CLASSES = ("22", "23", "54")
 
 
 def classify(exc: BaseException) -> Kind:
     """Sort an error from asyncpg (or the socket under it) into what to do about it."""
     if isinstance(exc, asyncpg.UniqueViolationError):
         return "conflict"
+    if isinstance(exc, asyncpg.exceptions._base.DataError):  # a value asyncpg could not encode: that row's fault
+        return "row"
     state = getattr(exc, "sqlstate", None)
     if isinstance(state, str):
         if state in _SCHEMA_STATES:

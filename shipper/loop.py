@@ -21,13 +21,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from outbox import Outbox, OutboxCorruptError, OutboxError, OutboxReader
+from outbox import Outbox, OutboxClosedError, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.append import find_open
 from outbox.maintenance import checkpoint, prune
 
+from . import forks
+from .backlog import BacklogGauges, nothing_pending
 from .errors import ConnectError, ShipperError, classify
 from .metrics import Metrics
 from .pgsink import PostgresSink
+from .room import Room, open_when_room
 from .sink import Batch, Sink
 from .wakeup import LINGER_S, Wakeup
 
@@ -68,7 +71,9 @@ class Shipper:
         An open :class:`Outbox` in this process: its appends wake the loop (see
         :mod:`shipper.wakeup`). By default, one open on the same file in this process is found.
     metrics_port:
-        Serve Prometheus metrics on ``127.0.0.1:port``.
+        Serve Prometheus metrics on ``metrics_addr:port``.
+    metrics_addr:
+        The address the metrics listen on (``0.0.0.0`` for a Prometheus in another container).
     stop_timeout:
         Seconds :meth:`stop` (and ``async with``'s exit) spends shipping what is pending.
     """
@@ -83,6 +88,7 @@ class Shipper:
         retention_s: float = 7 * 86400,
         outbox: Outbox | None = None,
         metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
         sink: Sink | None = None,
         stop_timeout: float = 10.0,
         backoff_base: float = 0.1,
@@ -107,14 +113,17 @@ class Shipper:
         self._backoff = (backoff_base, backoff_cap)
         self._housekeeping_interval = housekeeping_interval
         self._outbox = outbox
-        self._metrics = Metrics(metrics_port) if metrics_port is not None else None
+        self._metrics = Metrics(metrics_port, metrics_addr) if metrics_port is not None else None
+        self._gauges = BacklogGauges(self.path, self._metrics) if self._metrics is not None else None
         self.reader = OutboxReader(self.path, create=True)
+        self._room = Room(self.reader)
         self.stats = ShipperStats()
         self._task: asyncio.Task[None] | None = None
         self._wakeup = Wakeup(linger=min(LINGER_S, flush_interval), full=batch_size)
         self._progress = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopping = False
+        self._halt = False
         self._connected = False
         self._leader = False
         self._said_standby = False
@@ -122,7 +131,6 @@ class Shipper:
         self._limit = batch_size
         self._next_housekeeping = 0.0
         self._next_retry_check = 0.0
-        self._next_gauges = 0.0
         self._fatal: BaseException | None = None
         self._prefetch: tuple[int, asyncio.Future[Batch | None]] | None = None
         self._noting: asyncio.Future[None] | None = None
@@ -135,13 +143,16 @@ class Shipper:
         """Open the outbox and start shipping in the background."""
         if self._task is not None:
             return
-        await self.reader.open()
+        if not await open_when_room(self.reader, self._stop_requested):  # a full disk: wait, not exit
+            return
         if self._outbox is None:
             self._outbox = find_open(self.path)
         if self._outbox is not None:
             self._outbox.add_listener(self._wakeup.notify)
         if self._metrics is not None:
             self._metrics.start()
+        if self._gauges is not None:
+            self._gauges.start()
         self._task = asyncio.create_task(self._run(), name=f"shipper {self.path}")
         log.info("shipping %s to %s (batch_size=%d)", self.path, self.where, self.batch_size)
 
@@ -150,6 +161,11 @@ class Shipper:
         self._stopping = True
         self._stop_requested.set()
         self._wakeup.kick()
+
+    def halt(self) -> None:
+        """Stop after the batch in flight, leaving the rest pending (a drain that ran out of time)."""
+        self._halt = True
+        self.request_stop()
 
     async def stop(self, timeout: float | None = None) -> None:
         """Ship what is pending for up to ``timeout`` seconds, then stop; nothing is lost either way."""
@@ -171,6 +187,10 @@ class Shipper:
             log.warning("stopped after %.1f s with %d events still pending; they stay in the outbox", deadline, pending)
         except ShipperError:
             pass  # already logged by the loop; stopping must still succeed
+        except asyncio.CancelledError:
+            task.cancel()  # the caller gave up waiting: the loop must end all the same
+            await asyncio.gather(task, return_exceptions=True)
+            raise
         finally:
             self._task = None
             await self._release()
@@ -182,13 +202,16 @@ class Shipper:
             self._outbox.remove_listener(self._wakeup.notify)
         await self.sink.close()
         await self.reader.close()
+        if self._gauges is not None:
+            await self._gauges.stop()
         if self._metrics is not None:
             self._metrics.stop()
 
     async def serve(self) -> None:
         """Ship until :meth:`request_stop`, then drain (up to ``stop_timeout``) and return."""
         await self.start()
-        assert self._task is not None
+        if self._task is None:  # stopped while waiting for room on a full disk
+            return
         stop_waiter = asyncio.ensure_future(self._stop_requested.wait())
         try:
             await asyncio.wait({self._task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -263,7 +286,7 @@ class Shipper:
                 # After a batch that took all there was, an in-process loop waits for the next
                 # appends (gathering them while they keep coming, see wakeup.py); a sidecar, a
                 # backlog and a stop look again at once.
-                if shipped and (self._prefetch is not None or self._outbox is None or self._stopping):
+                if shipped and not self._halt and (self._prefetch is not None or self._outbox is None or self._stopping):
                     continue
                 self._note_progress()  # catches up within _NOTE_EVERY_S of going idle
                 if self._stopping:
@@ -272,12 +295,15 @@ class Shipper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN"):
+                # damage no retry can mend (a file that lost its end): stop with one clear error
+                if isinstance(exc, (OutboxCorruptError, OutboxClosedError)) or (isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN")):
                     self._fatal = exc
                     log.error("%s", exc)
                     return
                 failures += 1
                 delay = await self._failed(exc, failures)
+                if self._stopping and (self._halt or await nothing_pending(self.reader, self._cursor)):
+                    return  # nothing to wait for: stopping must not take the whole stop_timeout
                 await self._idle(delay, wake=False)
 
     async def _connect(self) -> None:
@@ -287,6 +313,9 @@ class Shipper:
 
     async def _claim(self) -> bool:
         if not await self.sink.try_lease(self.reader.outbox_id):
+            # a VM clone of this file may hold it: forked, it has the lease of its own id
+            if await self._fork_if_not_ours(await self.reader.cursor(), await self.sink.position(self.reader.outbox_id)):
+                return False
             if not self._said_standby:
                 log.warning(
                     "another shipper holds the lease on outbox %s (%s): standing by, will take over if it stops",
@@ -301,13 +330,8 @@ class Shipper:
             self._said_standby = False
         remote = await self.sink.position(self.reader.outbox_id)
         local = await self.reader.cursor()
-        last = await self.reader.last_seq()
-        if remote > last:  # advancing to it would mark the next events appended as shipped
-            raise OutboxCorruptError(
-                f"outbox {self.path} has lost events: it ends at seq {last} but {self.where} already holds"
-                f" its events up to seq {remote} (was its -wal file deleted, or the file restored from an"
-                " older copy?); open it with Outbox(on_corrupt='quarantine') or move it aside"
-            )
+        if await self._fork_if_not_ours(local, remote):  # advancing would skip this file's own events
+            return False
         self._cursor = max(local, remote)
         if remote > local:
             await self.reader.advance(remote)
@@ -334,6 +358,10 @@ class Shipper:
             self._drop_prefetch()
             raise
         if result.already_shipped_to is not None:
+            why = await forks.batch_is_not_ours(self.sink, events, [e for e, _ in batch.routed.refused])
+            if why is not None:
+                await self._fork(why)
+                return 1
             log.warning(
                 "events of outbox %s after seq %d were already shipped (to seq %d) by another shipper;"
                 " skipping ahead -- is a second shipper running on %s?",
@@ -351,6 +379,21 @@ class Shipper:
         self._limit = min(self.batch_size, self._limit * 2)
         self._count(result.shipped, result.rejected, time.monotonic() - started)
         return len(events)
+
+    async def _fork_if_not_ours(self, local: int, remote: int) -> bool:
+        """Fork if the ledger's range past ``local`` is another file's (see :mod:`shipper.forks`)."""
+        why = None if remote <= local else await forks.ledger_is_not_ours(self.reader, self.sink, local, remote)
+        if why is not None:
+            await self._fork(why)
+        return why is not None
+
+    async def _fork(self, why: str) -> None:
+        """Take a new outbox id and start over under it, from the side file's cursor."""
+        await self.reader.fork(why)
+        self._drop_prefetch()
+        self._cursor = await self.reader.cursor()
+        self._connected = self._leader = False
+        await self.sink.close()  # lets go of the old id's lease: the other copy ships under it
 
     def _note_progress(self) -> None:
         """Note progress in the side file, never waiting for it, at most every ``_NOTE_EVERY_S``.
@@ -492,10 +535,8 @@ class Shipper:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self._housekeeping_interval
             await self._housekeeping()
-        if self._metrics is not None and now >= self._next_gauges:
-            self._next_gauges = now + 2.0
-            status = await self.reader.status()
-            self._metrics.gauges(status.pending, status.oldest_pending_age_s or 0.0)
+        if pruned := await self._room.keep():
+            log.debug("pruned %d shipped events from %s to stay under max_bytes", pruned, self.path)
 
     async def _retry_dead_letters(self) -> None:
         events = await self.reader.read_retries(self.batch_size)
@@ -508,12 +549,9 @@ class Shipper:
         self._count(result.shipped, result.rejected, 0.0)
 
     async def _housekeeping(self) -> None:
-        """Prune shipped events past retention (or sooner when near max_bytes); checkpoint."""
+        """Prune shipped events past retention; checkpoint."""
         cutoff = time.time_ns() // 1000 - int(self.retention_s * 1e6)
-        pruned = await prune(self.reader, older_than_us=cutoff)
-        limit = await self.reader.meta("max_bytes")
-        if limit is not None and await self.reader.used_bytes() > int(limit) // 2:
-            pruned += await prune(self.reader, older_than_us=time.time_ns() // 1000 + 1)
+        pruned = await prune(self.reader, older_than_us=cutoff)  # room under max_bytes: self._room
         if pruned:
             log.info("pruned %d shipped events from %s", pruned, self.path)
         await checkpoint(self.reader)

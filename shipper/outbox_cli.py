@@ -63,13 +63,15 @@ register_postgres_errors(cli)
 
 async def _replay(
     path: Path, dsn: str | None, since: int | None, until: int | None, topic: str | None, dry_run: bool
-) -> ReplayResult:
+) -> tuple[ReplayResult, int]:
+    """Replay; return the result and how many dead letters in the range were left out."""
     async with OutboxReader(path) as reader:
         total = await reader.count_events(since_us=since, until_us=until, topic=topic)
         with progress("selecting" if dry_run else "replaying", total, deltas=True) as step:
-            return await replay_events(
+            result = await replay_events(
                 reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step
             )
+        return result, max(0, total - result.selected)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -101,16 +103,18 @@ def replay(
     check_range(since, until)
     if dsn is None and not dry_run:
         raise click.UsageError("Missing option '--dsn' (or set OUTBOX_DSN or DATABASE_URL)")
-    result = run(_replay(path, dsn, since, until, topic, dry_run))
+    result, left_out = run(_replay(path, dsn, since, until, topic, dry_run))
     where = redact_dsn(dsn) if dsn else "Postgres"
+    already = result.selected - result.inserted - result.rejected
     if as_json:
         echo_json(
             {
                 "selected": result.selected,
-                "sent": result.inserted,
-                "inserted": result.inserted,
-                "already_present": result.selected - result.inserted - result.rejected,
-                "refused": result.rejected,
+                "sent": None if dry_run else result.inserted,
+                "inserted": None if dry_run else result.inserted,
+                "already_present": None if dry_run else already,  # unknown without asking Postgres
+                "refused": None if dry_run else result.rejected,
+                "dead_letters_left_out": left_out,
                 "by_topic": result.by_topic,
                 "dry_run": dry_run,
             }
@@ -122,7 +126,12 @@ def replay(
     else:
         click.echo(
             f"replayed {counted(result.selected, 'event')} to {where}: {result.inserted:,} restored,"
-            f" {result.selected - result.inserted - result.rejected:,} already there, {result.rejected:,} refused"
+            f" {already:,} already there, {result.rejected:,} refused"
+        )
+    if left_out and not as_json:
+        click.echo(
+            f"{counted(left_out, 'dead letter')} left out (a replay never sends them;"
+            f" outbox dead retry {path} marks them for the shipper)"
         )
     if result.rejected:
         raise click.ClickException(
@@ -179,7 +188,7 @@ def verify(path: Path, dsn: str, as_json: bool) -> None:
     if missing:
         raise click.ClickException(
             f"{counted(missing, 'shipped event')} {'is' if missing == 1 else 'are'} missing from Postgres;"
-            f" `outbox replay {path}` sends them again"
+            f" `outbox replay {path} --dsn DSN` (the same DSN) sends them again"
         )
 
 

@@ -93,7 +93,7 @@ def route(events: Sequence[Event]) -> Routed:
             continue
         try:
             commands.rows.append(command_row(event))
-        except ValueError as exc:
+        except Exception as exc:  # whatever one payload makes fail (RecursionError too) is a dead letter, never a retry
             refused.append((event, f"command_calls event refused: {exc}"))
             continue
         commands.events.append(event)

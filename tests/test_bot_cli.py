@@ -91,7 +91,7 @@ def test_run_with_a_rejected_token_is_one_clean_line(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert result.output.strip().splitlines() == [
-        "Error: Discord rejected the token in DISCORD_TOKEN (401 Unauthorized); copy it again from the developer portal"
+        "bot: error: Discord rejected the token in DISCORD_TOKEN (401 Unauthorized); copy it again from the developer portal"
     ]
     assert "a-stale-one" not in result.output
 
@@ -174,7 +174,7 @@ def test_simulate_with_an_unreachable_dsn_fails_fast_on_one_line(tmp_path: Path)
     result = CliRunner().invoke(
         main, ["simulate", "--commands", "5", "--warmup", "0", "--outbox", str(tmp_path / "e.db"), "--dsn", dsn]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # Postgres, as for the outbox and shipper tools
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: cannot reach Postgres"), result.output
+    assert len(lines) == 1 and lines[0].startswith("bot: error: cannot reach Postgres"), result.output
     assert "hunter2" not in result.output and "ladder:***@" in result.output

@@ -60,7 +60,7 @@ def test_export_import_into_a_new_outbox_then_drain_ships_every_event_once(cli: 
     assert (status["pending"], status["shipped"], status["dead"]) == (0, 50, 0)
 
     again = cli("shipper", "drain", "--outbox", str(second), "--dsn", pg_dsn, "--json")
-    assert json.loads(again.stdout) == {"shipped": 0, "dead": 0, "retries": 0}
+    assert json.loads(again.stdout) == {"shipped": 0, "pending": 0, "dead": 0, "refused": 0, "retries": 0, "timed_out": False}
     # importing the same events into yet another outbox and shipping them adds no duplicates
     third = tmp_path / "third.db"
     cli("outbox", "import", str(third), str(dump))

@@ -66,6 +66,13 @@ def test_now_and_bad_times() -> None:
         ("host=db user=bot password=s3cret dbname=x", "password=*** dbname=x"),
         ("host=db password='s3 cret' dbname=x", "password=*** dbname=x"),
         ("postgresql://h/db?user=u&password=s3cret&x=1", "password=***&x=1"),
+        # typos a parser rejects, and its message then quotes verbatim (issue 13)
+        ("Postgres at postgresql:/u:s3cret@127.0.0.1/x refused", "postgresql:/u:***@127.0.0.1/x"),
+        ("malformed DSN u:s3cret@host:1/x: invalid DSN", "u:***@host:1/x"),
+        ("malformed DSN postgres//u:s3cret@127.0.0.1/x", "postgres//u:***@127.0.0.1/x"),
+        ('database "u:s3cret@127.0.0.1/x" does not exist', '"u:***@127.0.0.1/x"'),
+        ("dsn=postgresql://u:s3cret@h/x", "dsn=postgresql://u:***@h/x"),
+        ("postgresql://u:s3cret@evil@h/x", "postgresql://u:***@h/x"),
     ],
 )
 def test_secrets_are_scrubbed_from_any_text(text: str, shown: str) -> None:
@@ -75,7 +82,7 @@ def test_secrets_are_scrubbed_from_any_text(text: str, shown: str) -> None:
 
 
 def test_scrubbing_leaves_urls_without_passwords_alone() -> None:
-    text = "see https://example.org/a:b and postgresql://bot@db/x"
+    text = "see https://example.org/a:b and postgresql://bot@db/x, postgresql://db:5432/x at 12:30:00 by a@b.org"
     assert scrub_secrets(text) == text
 
 

@@ -45,7 +45,7 @@ async def test_append_returns_time_ordered_uuid7_and_commits(outbox_path: Path) 
 async def test_files_are_private(outbox_path: Path) -> None:
     async with Outbox(outbox_path) as ob:
         await ob.append("t", {})
-        async with OutboxReader(outbox_path):
+        async with OutboxReader(outbox_path, create=True):  # a shipper's: it makes the side file
             for suffix in ("", "-wal", "-shm"):
                 for base in (str(outbox_path), str(ship_path(outbox_path))):
                     mode = stat.S_IMODE(os.stat(base + suffix).st_mode)
@@ -95,7 +95,7 @@ async def test_max_bytes_raises_full_and_keeps_what_was_written(outbox_path: Pat
                 accepted.append(await ob.append("t", {"i": i, "pad": "x" * 200}))
         with pytest.raises(OutboxFullError):
             await ob.append("t", {"pad": "x" * 200})
-    assert 500 < len(accepted) < 2000
+    assert 200 < len(accepted) < 2000  # max_bytes covers the WAL and side files too, not only pages
     async with OutboxReader(outbox_path) as reader:
         ids = [e.id async for chunk in reader.iter_events() for e in chunk]
     assert ids == accepted

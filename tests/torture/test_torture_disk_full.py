@@ -18,7 +18,7 @@ import pytest
 
 from outbox import Outbox, OutboxFullError, OutboxReader
 from shipper import Shipper
-from torture_kit import SIZES, Tally, count_postgres, integrity, keyed, outbox_ids, pick
+from torture_kit import SIZES, ShipperRun, Tally, count_postgres, integrity, keyed, outbox_ids, pick
 
 
 async def fill(ob: Outbox, writer: str, acked: list[str]) -> str:
@@ -136,4 +136,40 @@ async def test_a_real_full_filesystem(size: str, tmp_path: Path, pg_dsn: str, ta
         subprocess.run(["umount", "-l", str(disk)], check=False)
     assert errors == {f"the disk holding outbox {path} is full"}, errors
     tally.fault = "times the filesystem filled up"
+    await tally.settle(pg_dsn, acked)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_started_on_a_full_disk(
+    size: str, tmp_path: Path, pg_dsn: str, subprocess_env: dict[str, str], tally: Tally
+) -> None:
+    """Opening on a full disk: the ``-shm`` cannot be made (SQLITE_IOERR_SHMSIZE, which SQLite
+    reports as "disk I/O error"). The bot must be told the disk is full, and the sidecar must wait
+    for room and retry instead of exiting; once room is made, everything ships."""
+    disk = tmp_path / "small"
+    mount_tmpfs(disk, "16m")  # room for the WAL of the appends before (a 4 KB frame each)
+    path = disk / "events.db"
+    try:
+        async with Outbox(path) as ob:
+            acked = [await ob.append("t", keyed("before", i)) for i in range(pick(size, 300, 1000))]
+        heavy = ballast(disk, 0)
+        with pytest.raises(OutboxFullError, match="is full"):
+            async with Outbox(path):
+                pass
+        sidecar = ShipperRun(path, pg_dsn, tmp_path, subprocess_env, "--flush-interval", "0.02")  # its log is not on the full disk
+        try:
+            await asyncio.sleep(pick(size, 1.5, 5.0))
+            assert sidecar.proc.poll() is None, f"the sidecar exited on a full disk: {sidecar.output()[-1500:]}"
+            assert "is full" in sidecar.output(), sidecar.output()[-1500:]
+            heavy.unlink()
+            sidecar.wait_shipping(timeout=60)
+            async with Outbox(path) as ob:
+                acked += [await ob.append("t", keyed("after", i)) for i in range(100)]
+        finally:
+            assert sidecar.terminate(timeout=120) == 0, sidecar.output()[-1500:]
+        async with OutboxReader(path) as reader:
+            assert (await reader.status()).pending == 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    tally.faults, tally.fault = 1, "sidecar started on a full disk"
     await tally.settle(pg_dsn, acked)

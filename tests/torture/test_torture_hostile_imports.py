@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from outbox import OutboxReader, uuid7
+from outbox.payload import MAX_DEPTH
 from torture_kit import SIZES, Tally, cli, pick
 
 
@@ -109,15 +110,19 @@ async def test_hostile_import_files(size: str, tmp_path: Path, pg_dsn: str, subp
     assert "no newline" in summary["skipped"][-1]["error"]
 
     drained = cli("shipper", "drain", "--outbox", str(path), "--dsn", pg_dsn, "--json", env=subprocess_env)
-    assert drained.code == 0 and drained.json() == {"shipped": n, "dead": 0, "retries": 0}, drained
+    assert drained.code == 0 and drained.json() == {
+        "shipped": n, "pending": 0, "dead": 0, "refused": 0, "retries": 0, "timed_out": False
+    }, drained
     tally.faults, tally.fault = len(expected_bad), "hostile lines among the good ones"
     tally.notes.update(huge_line_mb=huge_mb, import_peak_rss_mb=round(rss), kinds=len(bad) + 1)
     await tally.settle(pg_dsn, [event_id for event_id, _ in lines])
 
 
 async def test_nesting_that_json_allows_ships_intact(tmp_path: Path, pg_dsn: str, subprocess_env: dict[str, str], tally: Tally) -> None:
-    """Deep but legal nesting (and a huge integer) goes through import, the shipper and jsonb unchanged."""
-    deep = 800
+    """Deep but legal nesting (and a huge integer) goes through import, the shipper and jsonb unchanged.
+
+    500 levels: the outbox's own limit (``outbox.payload.MAX_DEPTH``), on every Python."""
+    deep = MAX_DEPTH - 1  # containers inside the payload object
     payload_text = '{"n": ' + "[" * deep + str(10**300) + "]" * deep + "}"
     ids = [uuid7() for _ in range(3)]
     source = tmp_path / "deep.jsonl"
