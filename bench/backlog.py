@@ -22,6 +22,8 @@ from .workload import command_events
 
 __all__ = [
     "PLAIN_TOPIC",
+    "ROUTE_TOPIC",
+    "BENCH_ROUTES",
     "RAW_TABLES",
     "LEDGER_CHANNEL",
     "fill",
@@ -34,7 +36,9 @@ __all__ = [
 ]
 
 PLAIN_TOPIC = "bot_events"  # any topic but command_calls: rows land in outbox_events
-RAW_TABLES = {"outbox_events": "raw_copy_events", "command_calls": "raw_copy_commands"}
+ROUTE_TOPIC = "bench_matches"  # a user route: the same command-like events into a table of the user's
+BENCH_ROUTES = {ROUTE_TOPIC: ROUTE_TOPIC}
+RAW_TABLES = {"outbox_events": "raw_copy_events", "command_calls": "raw_copy_commands", ROUTE_TOPIC: "raw_copy_matches"}
 LEDGER_CHANNEL = "bench_ledger"
 
 # A NOTIFY per committed ledger row: Postgres delivers it when the batch's transaction commits,
@@ -97,6 +101,8 @@ async def prepare_database(dsn: str, *, notify: bool = False) -> None:
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
     try:
+        # the user's own table, made by hand as a user would: command_calls' columns and key
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {ROUTE_TOPIC} (LIKE command_calls INCLUDING ALL)")
         for source, raw in RAW_TABLES.items():
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {raw} (LIKE {source} INCLUDING ALL)")
         if notify:
@@ -110,7 +116,7 @@ async def reset_database(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
-            "TRUNCATE outbox_events, command_calls, outbox_ledger, " + ", ".join(RAW_TABLES.values())
+            f"TRUNCATE outbox_events, command_calls, {ROUTE_TOPIC}, outbox_ledger, " + ", ".join(RAW_TABLES.values())
         )
         await conn.execute("CHECKPOINT")
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from .backlog import PLAIN_TOPIC, RAW_TABLES, fill, prepare_database, reset_database, rewind
+from .backlog import PLAIN_TOPIC, RAW_TABLES, ROUTE_TOPIC, fill, prepare_database, reset_database, rewind
 from .children import Child, cpu_delta, tree_cpu
 from .core import Chart, Check, Context, Section
 from .pg import LOOPBACK_DSN, server_version
@@ -60,11 +60,13 @@ async def _scenarios(ctx: Context) -> tuple[list[Scenario], list[str]]:
     await prepare_database(dsn)
     dsns = [dsn]
     events, commands, large = ctx.path("ship-events.db"), ctx.path("ship-commands.db"), ctx.path("ship-large.db")
+    routed = ctx.path("ship-route.db")
     t0 = time.perf_counter()
     await fill(events, small, PLAIN_TOPIC)
     await fill(commands, small, "command_calls")
+    await fill(routed, small, ROUTE_TOPIC)
     await fill(large, big, PLAIN_TOPIC, seed=11)
-    ctx.log(f"  filled three outboxes ({2 * small + big:,} events) in {time.perf_counter() - t0:.0f} s")
+    ctx.log(f"  filled four outboxes ({3 * small + big:,} events) in {time.perf_counter() - t0:.0f} s")
     where = ctx.postgres.description
     out = [
         Scenario(key="events", label=f"{small:,} events -> outbox_events", path=events, n=small, dsn=dsn,
@@ -72,6 +74,8 @@ async def _scenarios(ctx: Context) -> tuple[list[Scenario], list[str]]:
                  modes=("ship", "ship_serial", "sink", "sink_reading", "copy")),
         Scenario(key="commands", label=f"{small:,} command_calls events -> command_calls (typed columns)",
                  path=commands, n=small, dsn=dsn, table="command_calls", repeats=reps_small),
+        Scenario(key="route", label=f"{small:,} events -> a user route ({ROUTE_TOPIC}, the same typed columns)",
+                 path=routed, n=small, dsn=dsn, table=ROUTE_TOPIC, repeats=reps_small),
         Scenario(key="large", label=f"{big:,} events -> outbox_events", path=large, n=big, dsn=dsn,
                  table="outbox_events", repeats=reps_big),
     ]

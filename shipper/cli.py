@@ -8,7 +8,7 @@ import errno
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,9 @@ from .dsn import redact_dsn
 from .errors import ShipperError
 from .loop import Shipper, ShipperStats
 from .migrate import migrate as migrate_schema
-from .outbox_cli import register_postgres_errors
+from .outbox_cli import register_postgres_errors, route_option
+from .partitions import PERIODS
+from .pgsink import PostgresSink
 
 __all__ = ["shipper", "main", "ShipperSettings"]
 
@@ -53,6 +55,8 @@ class ShipperSettings:
     metrics_addr: str = "127.0.0.1"
     retention_s: float = 7 * 86400
     stop_timeout: float = 10.0
+    routes: dict[str, str] = field(default_factory=dict)
+    pg_retention_s: float | None = None
 
     def make(self) -> Shipper:
         """Build the shipper these settings describe."""
@@ -65,6 +69,8 @@ class ShipperSettings:
             metrics_addr=self.metrics_addr,
             retention_s=self.retention_s,
             stop_timeout=self.stop_timeout,
+            routes=self.routes,
+            pg_retention_s=self.pg_retention_s,
         )
 
 
@@ -138,6 +144,7 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
             metavar="SECONDS",
             help="On stop, ship what is pending for up to this long; the rest stays in the outbox.",
         ),
+        route_option(),
     ]
     for option in reversed(options):
         func = option(func)
@@ -177,6 +184,8 @@ def _settings(options: dict[str, Any]) -> ShipperSettings:
         metrics_addr=options["metrics_addr"],
         retention_s=options["retention"],
         stop_timeout=options["stop_timeout"],
+        routes=options["routes"],
+        pg_retention_s=options.get("pg_retention"),
     )
 
 
@@ -220,6 +229,12 @@ def _stop_on_signal(s: Shipper, sig: signal.Signals) -> None:
 @shipper.command("run", epilog=EXIT_CODES_HELP)
 @_shipping_options
 @_log_options("info")
+@click.option(
+    "--pg-retention",
+    type=DurationType(),
+    default=None,
+    help="Drop whole Postgres partitions older than this (tables made with `migrate --partition`). Default: keep all.",
+)
 def run_(log_level: str, log_format: str, **options: Any) -> None:
     """Ship continuously: the sidecar next to your bot.
 
@@ -266,6 +281,12 @@ class DrainResult:
 
 async def _drain(settings: ShipperSettings, timeout: float | None) -> DrainResult:
     await migrate_schema(settings.dsn)  # fail at once, clearly, when Postgres cannot be reached
+    if settings.routes:  # and when a route's table is missing, before the loop starts
+        check = PostgresSink(settings.dsn, migrate=False, routes=settings.routes)
+        try:
+            await check.open()
+        finally:
+            await check.close()
     async with OutboxReader(settings.outbox_path, create=True) as reader:
         pending = (await reader.status()).pending
     s = await _start(settings)
@@ -356,17 +377,33 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
 
 @shipper.command(epilog=EXIT_CODES_HELP)
 @dsn_option()
-def migrate(dsn: str) -> None:
+@click.option(
+    "--partition",
+    type=click.Choice(PERIODS),
+    help="Partition outbox_events and command_calls by created_at (primary key becomes (id, created_at)).",
+)
+@click.option(
+    "--move-rows",
+    is_flag=True,
+    help="With --partition: move rows already in the tables into partitions (locks them while it copies).",
+)
+def migrate(dsn: str, partition: str | None, move_rows: bool) -> None:
     """Create or upgrade the Postgres tables the shipper writes (safe to run again).
 
     `shipper run` and `shipper drain` do this on first use too; run it yourself when the bot's
     database user may not create tables.
 
+    With --partition, outbox_events and command_calls are partitioned by created_at; tables that
+    already hold rows are refused unless --move-rows (docs/SCALING.md).
+
     \b
     Examples:
       shipper migrate --dsn postgresql://admin:secret@db/bot
+      shipper migrate --dsn postgresql://admin:secret@db/bot --partition monthly
     """
-    version = run(migrate_schema(dsn))
+    if move_rows and partition is None:
+        raise click.UsageError("--move-rows goes with --partition monthly|weekly|daily")
+    version = run(migrate_schema(dsn, partition=partition, move_rows=move_rows))
     click.echo(f"outbox schema at version {version} on {redact_dsn(dsn)}")
 
 

@@ -16,6 +16,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +29,7 @@ from outbox.maintenance import checkpoint, prune
 from . import forks
 from .backlog import BacklogGauges, nothing_pending
 from .errors import ConnectError, ShipperError, classify
+from .routes import RouteError
 from .metrics import Metrics
 from .pgsink import PostgresSink
 from .room import Room, open_when_room
@@ -76,6 +78,10 @@ class Shipper:
         The address the metrics listen on (``0.0.0.0`` for a Prometheus in another container).
     stop_timeout:
         Seconds :meth:`stop` (and ``async with``'s exit) spends shipping what is pending.
+    routes:
+        ``{topic: table}``: topics that land in the user's own tables (:mod:`shipper.routes`).
+    pg_retention_s:
+        Drop whole Postgres partitions older than this (:mod:`shipper.partitions`); off by default.
     """
 
     def __init__(
@@ -94,6 +100,8 @@ class Shipper:
         backoff_base: float = 0.1,
         backoff_cap: float = 30.0,
         housekeeping_interval: float = 60.0,
+        routes: Mapping[str, str] | None = None,
+        pg_retention_s: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -102,7 +110,9 @@ class Shipper:
         if sink is None:
             if not dsn:
                 raise ValueError("give a dsn (or a sink) to ship to")
-            sink = PostgresSink(dsn)
+            sink = PostgresSink(dsn, routes=routes, pg_retention_s=pg_retention_s)
+        elif routes or pg_retention_s is not None:
+            raise ValueError("give routes and pg_retention_s to the sink itself")
         self.path = Path(outbox_path)
         self.sink = sink
         self.where = getattr(sink, "where", type(sink).__name__)
@@ -295,8 +305,13 @@ class Shipper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # damage no retry can mend (a file that lost its end): stop with one clear error
-                if isinstance(exc, (OutboxCorruptError, OutboxClosedError)) or (isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN")):
+                # damage no retry can mend (a file that lost its end, a route to a table that is not
+                # there at start): stop with one clear error
+                if (
+                    isinstance(exc, (OutboxCorruptError, OutboxClosedError))
+                    or (isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN"))
+                    or (isinstance(exc, RouteError) and not self.stats.batches)
+                ):
                     self._fatal = exc
                     log.error("%s", exc)
                     return
@@ -453,7 +468,7 @@ class Shipper:
         events = await self.reader.read_pending(self._limit, after=after, on_loop=ahead)
         if not events:
             return None
-        batch = Batch(self.reader.outbox_id, after, events[-1].seq, events)
+        batch = Batch(self.reader.outbox_id, after, events[-1].seq, events, getattr(self.sink, "router", None))
         for table in batch.routed.tables:  # routed and encoded now, off the next send's critical path
             table.copy_text()
         return batch

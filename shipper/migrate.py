@@ -112,8 +112,12 @@ async def _restore_columns(conn: asyncpg.Connection) -> None:
             log.warning("put back columns dropped from %s by hand: %s", table, ", ".join(name for name, _ in missing))
 
 
-async def ensure_schema(conn: asyncpg.Connection) -> int:
-    """Bring the schema on ``conn`` up to date; return the version now in place."""
+async def ensure_schema(conn: asyncpg.Connection, *, partition: str | None = None, move_rows: bool = False) -> int:
+    """Bring the schema on ``conn`` up to date; return the version now in place.
+
+    ``partition`` (monthly, weekly, daily): also partition the built-in tables by ``created_at``
+    (:mod:`shipper.partitions`); ``move_rows`` lets that move rows already there.
+    """
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
@@ -134,16 +138,20 @@ async def ensure_schema(conn: asyncpg.Connection) -> int:
                 if version > current:
                     await conn.execute("INSERT INTO outbox_schema_version(version) VALUES ($1)", version)
             await _restore_columns(conn)
+            if partition is not None:
+                from .partitions import partition_tables  # it builds on this module's tables
+
+                await partition_tables(conn, partition, move_rows=move_rows)
             return SCHEMA_VERSION
     except asyncpg.PostgresError as exc:
         raise SchemaError(f"migration failed: {exc}") from None
 
 
-async def migrate(dsn: str) -> int:
+async def migrate(dsn: str, *, partition: str | None = None, move_rows: bool = False) -> int:
     """Create or upgrade the shipper's tables in the database at ``dsn``; return the version."""
     conn = await connect(dsn)
     try:
-        return await ensure_schema(conn)
+        return await ensure_schema(conn, partition=partition, move_rows=move_rows)
     except (OSError, asyncpg.InterfaceError) as exc:
         raise ShipperError(f"migration interrupted: {exc}") from None
     finally:

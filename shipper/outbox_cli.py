@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import click
@@ -30,11 +32,33 @@ from outbox.report import counted
 
 from .dsn import redact_dsn
 from .errors import ShipperError
+from .routes import parse_routes
 from .replay import ReplayResult, VerifyResult
 from .replay import replay as replay_events
 from .replay import verify as verify_events
 
-__all__ = ["cli", "main", "register_postgres_errors"]
+__all__ = ["cli", "main", "register_postgres_errors", "route_option"]
+
+
+def _routes(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_routes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def route_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add ``--route TOPIC=TABLE`` (repeatable; OUTBOX_ROUTES holds ``a=b,c=d``) as a dict."""
+    return click.option(
+        "--route",
+        "routes",
+        multiple=True,
+        envvar="OUTBOX_ROUTES",
+        show_envvar=True,
+        callback=_routes,
+        metavar="TOPIC=TABLE",
+        help="Events of TOPIC go to your own TABLE (needs an `id uuid` key; payload keys fill its columns). Repeatable.",
+    )
 
 
 def _describe_postgres(exc: BaseException) -> str:
@@ -62,14 +86,15 @@ register_postgres_errors(cli)
 
 
 async def _replay(
-    path: Path, dsn: str | None, since: int | None, until: int | None, topic: str | None, dry_run: bool
+    path: Path, dsn: str | None, since: int | None, until: int | None, topic: str | None, dry_run: bool,
+    routes: dict[str, str],
 ) -> tuple[ReplayResult, int]:
     """Replay; return the result and how many dead letters in the range were left out."""
     async with OutboxReader(path) as reader:
         total = await reader.count_events(since_us=since, until_us=until, topic=topic)
         with progress("selecting" if dry_run else "replaying", total, deltas=True) as step:
             result = await replay_events(
-                reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step
+                reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step, routes=routes
             )
         return result, max(0, total - result.selected)
 
@@ -79,6 +104,7 @@ async def _replay(
 @dsn_option(required=False)
 @range_options
 @click.option("--dry-run", is_flag=True, help="Say what would be sent; connect to nothing.")
+@route_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def replay(
     path: Path,
@@ -87,6 +113,7 @@ def replay(
     until: int | None,
     topic: str | None,
     dry_run: bool,
+    routes: dict[str, str],
     as_json: bool,
 ) -> None:
     """Send a range of events to Postgres again, shipped ones too.
@@ -103,7 +130,7 @@ def replay(
     check_range(since, until)
     if dsn is None and not dry_run:
         raise click.UsageError("Missing option '--dsn' (or set OUTBOX_DSN or DATABASE_URL)")
-    result, left_out = run(_replay(path, dsn, since, until, topic, dry_run))
+    result, left_out = run(_replay(path, dsn, since, until, topic, dry_run, routes))
     where = redact_dsn(dsn) if dsn else "Postgres"
     already = result.selected - result.inserted - result.rejected
     if as_json:
@@ -143,18 +170,19 @@ def replay(
 # -- verify --------------------------------------------------------------------------------------
 
 
-async def _verify(path: Path, dsn: str) -> VerifyResult:
+async def _verify(path: Path, dsn: str, routes: dict[str, str]) -> VerifyResult:
     async with OutboxReader(path) as reader:
         total = (await reader.status()).shipped
         with progress("verifying", total, deltas=True) as step:
-            return await verify_events(reader, dsn, progress=step)
+            return await verify_events(reader, dsn, progress=step, routes=routes)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @path_argument
 @dsn_option()
+@route_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (missing ids included).")
-def verify(path: Path, dsn: str, as_json: bool) -> None:
+def verify(path: Path, dsn: str, routes: dict[str, str], as_json: bool) -> None:
     """Prove that every shipped event still in the outbox is in Postgres.
 
     Checks in chunks, so any size of outbox works. Prints how many are missing per topic and
@@ -165,7 +193,7 @@ def verify(path: Path, dsn: str, as_json: bool) -> None:
       outbox verify events.db --dsn postgresql://bot@db/bot
       OUTBOX_DSN=postgresql://bot@db/bot outbox verify events.db --json
     """
-    result = run(_verify(path, dsn))
+    result = run(_verify(path, dsn, routes))
     missing = sum(result.missing.values())
     where = redact_dsn(dsn)
     if as_json:

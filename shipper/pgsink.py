@@ -9,14 +9,15 @@ Careful path, when the fast one hits a row Postgres refuses or an id it already 
 an import): in one transaction, the ledger row, then each table's rows COPYed into a temporary
 staging table and moved with ``INSERT .. ON CONFLICT (id) DO NOTHING`` inside a savepoint. A
 refused chunk is bisected, savepoint by savepoint, down to the rows at fault; those are handed to
-``set_aside`` before the commit and the rest ship.
+``set_aside`` before the commit and the rest ship. A route's rows (:mod:`shipper.routes`) take
+no staging table: they are inserted as text with Postgres's casts (:mod:`shipper.refusals`).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -24,10 +25,12 @@ import asyncpg
 from outbox import Event
 
 from .dsn import connect, redact_dsn
-from .errors import classify
-from .migrate import COMMAND_TABLE, EVENT_TABLE, LEDGER_TABLE, ensure_schema
+from .migrate import EVENT_TABLE, LEDGER_TABLE, ensure_schema
 from .pgcopy import copy_with_statements
-from .rows import COMMAND_TOPIC, Table, route
+from .partitions import Partitions
+from .refusals import column_at_fault, insert_text, refusal_kind
+from .routes import Router
+from .rows import Table
 from .sink import Batch, SendResult, SetAside
 
 __all__ = ["PostgresSink"]
@@ -54,10 +57,24 @@ class PostgresSink:
         Create or upgrade the tables on the first connection.
     command_timeout:
         Seconds before a statement is abandoned as hung (a transient failure).
+    routes:
+        ``{topic: table}``: the user's own tables (:mod:`shipper.routes`).
+    pg_retention_s:
+        Drop whole partitions older than this (:mod:`shipper.partitions`); None keeps them all.
     """
 
-    def __init__(self, dsn: str, *, migrate: bool = True, command_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        migrate: bool = True,
+        command_timeout: float = 60.0,
+        routes: Mapping[str, str] | None = None,
+        pg_retention_s: float | None = None,
+    ) -> None:
         self.dsn = dsn
+        self.router = Router(routes)
+        self.partitions = Partitions(self.router.schema, retention_s=pg_retention_s)
         self.where = redact_dsn(dsn)
         self._migrate = migrate
         self._migrated = False
@@ -81,6 +98,8 @@ class PostgresSink:
             if self._migrate and not self._migrated:
                 await ensure_schema(conn)
                 self._migrated = True
+            await self.router.load(conn)  # on every connect: a schema error reconnects, so re-reads
+            await self.partitions.load(conn, self.router.tables)
         except BaseException:
             conn.terminate()
             raise
@@ -117,8 +136,9 @@ class PostgresSink:
 
     async def send(self, batch: Batch, set_aside: SetAside) -> SendResult:
         """Deliver a batch: fast path first, careful path if a row is refused or already there."""
-        routed = batch.routed
+        routed = batch.routed if batch.router is self.router else self.router.route(batch.events)
         conn = self.conn
+        await self.partitions.ensure(conn, routed.tables)
         if routed.refused:  # before the commit: a crash in between must not lose them
             await set_aside(routed.refused)
         try:
@@ -132,7 +152,7 @@ class PostgresSink:
             if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == _LEDGER_KEY:
                 # this batch's ledger row is already there: a repeat, refused whole
                 return SendResult(already_shipped_to=await self._ledger_end(batch))
-            if classify(exc) not in ("row", "conflict"):
+            if refusal_kind(exc, routed.tables) not in ("row", "conflict"):
                 raise
             log.info("batch after seq %d needs the careful path: %s", batch.after_seq, _one_line(exc))
         async with conn.transaction():
@@ -150,7 +170,8 @@ class PostgresSink:
 
     async def upsert(self, events: Sequence[Event], set_aside: SetAside | None = None) -> SendResult:
         """Deliver events in one transaction, skipping ids already present, isolating bad rows."""
-        routed = route(events)
+        routed = self.router.route(events)
+        await self.partitions.ensure(self.conn, routed.tables)
         result = SendResult(rejected=list(routed.refused), added=0)
         async with self.conn.transaction():
             for table in routed.tables:
@@ -163,14 +184,25 @@ class PostgresSink:
         return result
 
     async def missing(self, events: Sequence[Event]) -> list[Event]:
-        """Return the events whose id is in neither table."""
+        """Return the events whose id is in no table: their route's, or ``outbox_events`` (where
+        a topic's events went before it had a route)."""
+        by_table: dict[str, list[Event]] = {}
+        for event in events:
+            by_table.setdefault(self.router.table_of(event.topic), []).append(event)
         found: set[str] = set()
-        for table, topic_is_command in ((EVENT_TABLE, False), (COMMAND_TABLE, True)):
-            ids = [e.id for e in events if (e.topic == COMMAND_TOPIC) == topic_is_command]
-            if ids:
-                rows = await self.conn.fetch(f"SELECT id::text FROM {table} WHERE id = ANY($1::uuid[])", ids)
-                found.update(r[0] for r in rows)
+        for table, group in by_table.items():
+            found |= await self._held(table, group)
+            if table != EVENT_TABLE:
+                found |= await self._held(EVENT_TABLE, [e for e in group if e.id not in found])
         return [e for e in events if e.id not in found]
+
+    async def _held(self, table: str, events: Sequence[Event]) -> set[str]:
+        if not events:
+            return set()
+        rows = await self.conn.fetch(
+            f"SELECT id::text FROM {table} WHERE id = ANY($1::uuid[])", [e.id for e in events]
+        )
+        return {r[0] for r in rows}
 
     async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
         """Drop ledger rows older than the retention, always keeping the newest."""
@@ -181,6 +213,7 @@ class PostgresSink:
             outbox_id,
             float(retention_s),
         )
+        await self.partitions.housekeeping(self.conn)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -256,20 +289,25 @@ class PostgresSink:
     ) -> list[tuple[Event, str]]:
         """Move rows in through the staging table inside a savepoint; bisect on a refused row."""
         conn = self.conn
-        stage = await self._stage(table)
         columns = ", ".join(table.columns)
+        stage = "" if table.spec is not None else await self._stage(table)
         try:
             async with conn.transaction():  # a savepoint: a refusal undoes only this chunk
-                await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
-                status = await conn.execute(
-                    f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {stage} ON CONFLICT (id) DO NOTHING"
-                )
-                await conn.execute(f"TRUNCATE {stage}")
+                if table.spec is not None:  # a route's text rows, cast by Postgres
+                    status = f"INSERT 0 {await insert_text(conn, self.router.schema, table, rows)}"
+                else:
+                    await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
+                    status = await conn.execute(
+                        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {stage}"
+                        f" ON CONFLICT ({', '.join(table.conflict)}) DO NOTHING"
+                    )
+                    await conn.execute(f"TRUNCATE {stage}")
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if classify(exc) != "row":
+            if refusal_kind(exc, [table]) != "row":
                 raise
             if len(rows) == 1:
-                return [(events[0], _one_line(exc))]
+                where = await column_at_fault(conn, table, rows[0], exc) if table.spec is not None else ""
+                return [(events[0], where + _one_line(exc))]
             mid = len(rows) // 2
             return await self._upsert(table, rows[:mid], events[:mid], added) + await self._upsert(
                 table, rows[mid:], events[mid:], added

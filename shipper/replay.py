@@ -7,7 +7,7 @@ Both read the outbox in chunks (memory stays flat on any size) and go through th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from typing import TypeVar
@@ -61,6 +61,7 @@ async def replay(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
+    routes: Mapping[str, str] | None = None,
 ) -> ReplayResult:
     """Send the selected events (shipped ones too) again; ids already in Postgres are skipped.
 
@@ -71,7 +72,7 @@ async def replay(
     own = sink is None and not dry_run
     if own:
         assert dsn is not None, "replay needs a dsn or a sink"
-        sink = PostgresSink(dsn)
+        sink = PostgresSink(dsn, routes=routes)
     try:
         if sink is not None and not dry_run:
             await sink.open()
@@ -98,6 +99,7 @@ async def verify(
     *,
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
+    routes: Mapping[str, str] | None = None,
 ) -> VerifyResult:
     """Check that every shipped event still in the outbox is present in Postgres."""
     result = VerifyResult()
@@ -105,7 +107,7 @@ async def verify(
     own = sink is None
     if sink is None:
         assert dsn is not None, "verify needs a dsn or a sink"
-        sink = PostgresSink(dsn, migrate=False)
+        sink = PostgresSink(dsn, migrate=False, routes=routes)
     try:
         await sink.open()
         async for chunk in reader.iter_events(shipped_only=True, chunk=_CHUNK):

@@ -15,14 +15,17 @@ the two can never lose them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import json
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 from outbox import Event
 
-from .rows import COMMAND_TOPIC, Routed, route
+from .routes import COMMAND_REQUIRED, Router
+from .rows import COMMAND_TOPIC, Routed
 
 __all__ = ["Batch", "SendResult", "SetAside", "Sink", "InMemorySink"]
 
@@ -37,12 +40,16 @@ class Batch:
     after_seq: int
     last_seq: int
     events: Sequence[Event]
+    router: Router | None = field(default=None, compare=False, repr=False)  # None: built-in routes only
 
     @cached_property
     def routed(self) -> Routed:
         """The events split by table (computed once: the shipper's read-ahead does it while the
         previous batch is in flight, so the sink does not do it on the critical path)."""
-        return route(self.events)
+        return (self.router or _BUILT_IN).route(self.events)
+
+
+_BUILT_IN = Router()
 
 
 @dataclass
@@ -88,11 +95,16 @@ class InMemorySink:
     """A sink in a dict, for tests: same guarantees as Postgres, no server.
 
     ``reject`` lets a test refuse chosen events (return an error text); ``down`` set to an
-    exception makes every call raise it, like a database that went away.
+    exception makes every call raise it, like a database that went away. ``routes`` as for
+    :class:`Shipper`: :attr:`rows` is keyed by table. With no catalog to read, the one column
+    check it makes is command_calls' NOT NULL ones.
     """
 
-    def __init__(self, reject: Callable[[Event], str | None] | None = None) -> None:
-        self.rows: dict[str, dict[str, Event]] = {"outbox_events": {}, COMMAND_TOPIC: {}}
+    def __init__(
+        self, reject: Callable[[Event], str | None] | None = None, *, routes: Mapping[str, str] | None = None
+    ) -> None:
+        self.router = Router(routes)
+        self.rows: dict[str, dict[str, Event]] = {name: {} for name in self.router.tables}
         self.ledger: dict[tuple[str, int], int] = {}
         self.reject = reject
         self.down: BaseException | None = None
@@ -141,11 +153,13 @@ class InMemorySink:
         return result
 
     def _take(self, events: Sequence[Event]) -> SendResult:
-        routed = route(events)
+        routed = self.router.route(events)
         result = SendResult(rejected=list(routed.refused), added=0)
         for table in routed.tables:
             for event in table.events:
                 error = self.reject(event) if self.reject is not None else None
+                if error is None and table.name == COMMAND_TOPIC:
+                    error = _not_null(event)
                 if error is not None:
                     result.rejected.append((event, error))
                     continue
@@ -158,7 +172,7 @@ class InMemorySink:
     async def missing(self, events: Sequence[Event]) -> list[Event]:
         """Return the events not held."""
         self._check()
-        held = self.rows["outbox_events"].keys() | self.rows[COMMAND_TOPIC].keys()
+        held = self.ids
         return [e for e in events if e.id not in held]
 
     async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
@@ -167,4 +181,12 @@ class InMemorySink:
     @property
     def ids(self) -> set[str]:
         """Every event id delivered, whichever table."""
-        return set(self.rows["outbox_events"]) | set(self.rows[COMMAND_TOPIC])
+        return {event_id for table in self.rows.values() for event_id in table}
+
+
+def _not_null(event: Event) -> str | None:
+    data = json.loads(event.payload)
+    for name in COMMAND_REQUIRED:
+        if data.get(name) is None:
+            return f'null value in column "{name}" of relation "command_calls" violates not-null constraint'
+    return None

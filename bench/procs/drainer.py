@@ -40,10 +40,11 @@ import psutil  # type: ignore[import-untyped]
 from outbox import Event, OutboxReader
 from shipper import Shipper
 from shipper.pgsink import PostgresSink
-from shipper.rows import route
+from outbox.payload import compact_json
+from shipper.rows import COMMAND_COLUMNS, COMMAND_TOPIC, EVENT_COLUMNS
 from shipper.sink import Batch
 
-from ..backlog import RAW_TABLES
+from ..backlog import BENCH_ROUTES, RAW_TABLES
 
 T = TypeVar("T")
 
@@ -183,11 +184,11 @@ def _instrument_sink(clock: Clock) -> None:
     ``Batch.routed`` (in the shipper, computed by the read-ahead; in the sink, by ``send``).
     """
     import shipper.pgsink as pgsink
-    import shipper.sink as sink_module
+    import shipper.routes as routes
 
     pgsink.connect = functools.partial(pgsink.connect, connection_class=_timed_connection(clock))  # type: ignore[attr-defined]
     pgsink.copy_with_statements = clock.wrap("pg_trip", pgsink.copy_with_statements)  # type: ignore[attr-defined]
-    sink_module.route = clock.wrap_sync("route", sink_module.route)  # type: ignore[attr-defined]
+    routes.Router.route = clock.wrap_sync("route", routes.Router.route)  # type: ignore[method-assign]
 
 
 async def _read_alone(path: str, batch: int, n: int = 20) -> list[float]:
@@ -243,7 +244,7 @@ async def ship(path: str, dsn: str, batch: int, mode: str = "ship") -> dict[str,
     async with OutboxReader(path) as reader:
         pending = (await reader.status()).pending
     read_alone = await _read_alone(path, batch)
-    s = Shipper(path, dsn, batch_size=batch)
+    s = Shipper(path, dsn, batch_size=batch, routes=BENCH_ROUTES)
     s._ship_once = clock.wrap("ship_once", s._ship_once)  # type: ignore[method-assign,assignment]
     s._maintain = clock.wrap("maintain", s._maintain)  # type: ignore[method-assign,assignment]
     s.sink.send = clock.wrap("send", s.sink.send)  # type: ignore[method-assign,assignment]
@@ -301,14 +302,14 @@ async def sink(path: str, dsn: str, batch: int, reading: bool = False) -> dict[s
     outbox_id, chunks = await _read_all(path, batch)
     clock = Clock()
     _instrument_sink(clock)
-    target = PostgresSink(dsn)
+    target = PostgresSink(dsn, routes=BENCH_ROUTES)
     await target.open()
     clock.seconds.clear()
     clock.calls.clear()
     try:
         batches, after = [], 0
         for events in chunks:
-            batches.append(Batch(outbox_id, after, events[-1].seq, events))
+            batches.append(Batch(outbox_id, after, events[-1].seq, events, target.router))
             after = events[-1].seq
         rows = sum(len(b.events) for b in batches)
         reader = await OutboxReader(path).open() if reading else None
@@ -334,7 +335,7 @@ async def sink(path: str, dsn: str, batch: int, reading: bool = False) -> dict[s
 
 async def copy(path: str, dsn: str, batch: int) -> dict[str, Any]:
     _, chunks = await _read_all(path, batch)
-    work = [[(RAW_TABLES[t.name], t.columns, t.rows) for t in route(events).tables] for events in chunks]
+    work = [_typed(events) for events in chunks]
     target = PostgresSink(dsn)  # for the connection only: same codecs as the shipper's
     await target.open()
     try:
@@ -357,6 +358,30 @@ async def copy(path: str, dsn: str, batch: int) -> dict[str, Any]:
         await target.close()
     return {"mode": "copy", "rows": rows, "batches": len(work), "seconds": seconds, "cpu_s": cpu, "t_done": t_done,
             "backend_cpu_s": backend_cpu, "steps": dict(clock.seconds), "calls": dict(clock.calls)}
+
+
+def _typed(events: list[Event]) -> list[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]]:
+    """The events as typed rows for a binary COPY (untimed): what a hand-written loader would send."""
+    by_table: dict[str, list[Event]] = defaultdict(list)
+    for event in events:
+        table = COMMAND_TOPIC if event.topic == COMMAND_TOPIC else BENCH_ROUTES.get(event.topic, "outbox_events")
+        by_table[table].append(event)
+    out = []
+    for table, group in by_table.items():
+        if table == "outbox_events":
+            out.append((RAW_TABLES[table], EVENT_COLUMNS, [e[1:] for e in group]))
+            continue
+        rows = []
+        for e in group:
+            data = json.loads(e.payload)
+            row = {**data, "id": e.id, "created_at": e.created_at}
+            if row.get("options") is not None:
+                row["options"] = compact_json(row["options"])
+            if row.get("latency_ms") is not None:
+                row["latency_ms"] = float(row["latency_ms"])
+            rows.append(tuple(row.get(c) for c in COMMAND_COLUMNS))
+        out.append((RAW_TABLES[table], COMMAND_COLUMNS, rows))
+    return out
 
 
 MODES: dict[str, Callable[[str, str, int], Coroutine[Any, Any, dict[str, Any]]]] = {

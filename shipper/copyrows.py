@@ -1,0 +1,157 @@
+"""A route's COPY text, written by a function compiled for its table's columns.
+
+Routing ``command_calls`` events at COPY speed leaves about a microsecond per event for decoding
+its JSON and writing its line. A loop over the columns that calls a converter per value took
+about 4 us (measured: 4.6 ms per 1,000-event batch, against a 3 ms COPY); one function per table,
+compiled from its column list when the catalog is read, with each value's common cases (text, an
+integer, a float) written inline in one f-string, leaves only the JSON decoding to dominate.
+
+The compiled function handles the common shape; anything else (a missing key whose column has a
+default, an unreadable payload, a time out of range) is handed back for the general, slower path
+in :mod:`shipper.routes`, which also says why it refuses one.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from outbox import Event
+from outbox.payload import compact_json
+
+from .rows import _copy_escape
+
+__all__ = ["Encoder", "compile_encoder"]
+
+# (lines, events encoded, events left to the general path)
+Encoder = Callable[[Sequence[Event]], tuple[list[str], list[Event], list[Event]]]
+_MAX_US = 253_402_300_800_000_000
+_MISSING = object()
+
+
+def _field(value: Any) -> str:
+    """One value as a COPY text field: what the inline fast cases leave over."""
+    if value is None or value is _MISSING:
+        return "\\N"
+    kind = type(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is str:
+        return _copy_escape(value)
+    if kind is int or kind is float:
+        return str(value)
+    return _copy_escape(compact_json(value))
+
+
+def _array_field(value: Any) -> str:
+    if type(value) is list:
+        from .routes import array_literal  # the general path's, so both paths agree
+
+        return _copy_escape(array_literal(value))
+    return _field(value)
+
+
+_INTEGERS = ("bigint", "integer", "smallint", "numeric")
+_FLOATS = ("double precision", "real", "numeric")
+_TEXTS = ("text", "character varying", "character", "citext")
+
+
+def _inline(v: str, kind: str, is_array: bool) -> str:
+    """The f-string field for variable ``v``: the value its column's type expects, written inline."""
+    if is_array:
+        return f"{{array_field({v})}}"
+    checks = []
+    if kind in _INTEGERS:
+        checks.append(f"type({v}) is int")
+    if kind in _FLOATS:
+        checks.append(f"type({v}) is float")
+    if kind in _TEXTS:
+        checks.append(f"(type({v}) is str and {v}.isprintable() and BS not in {v})")
+    if not checks:
+        return f"{{field({v})}}"
+    return f"{{{v} if {' or '.join(checks)} else field({v})}}"
+
+
+def compile_encoder(
+    columns: Sequence[tuple[str, int, bool, str]], absent: Sequence[str] = (), nulls: Sequence[str] = ()
+) -> Encoder:
+    """Compile the encoder for columns given as ``(name, fill, is_array, type)``.
+
+    ``fill`` is 0 for the event's id, 1 for its time, 2 for the whole payload, 3 for a payload key.
+    The keys a batch's first event has decide its shape, which the rest usually share: ``absent``
+    are columns left out (their defaults apply), ``nulls`` columns written as NULL; an event that
+    has one of those keys, or lacks one of the others, goes to the general path. The keys it has
+    are fetched in one ``itemgetter`` call.
+    """
+    body, parts, fetched = [], [], []
+    for name in (*absent, *nulls):
+        body.append(f"            if {name!r} in data:")
+        body.append("                slow(ev)")
+        body.append("                continue")
+    for i, (name, fill, is_array, kind) in enumerate(columns):
+        if fill == 0:
+            parts.append("{ev[1]}")
+        elif fill == 1:
+            parts.append("{prefix}.{micro:06d}+00")
+        elif fill == 2:
+            parts.append("{esc(ev[3])}")
+        elif name in nulls:
+            parts.append("\\\\N")
+        else:
+            fetched.append((f"v{i}", name))
+            parts.append(_inline(f"v{i}", kind, is_array))
+    if fetched:  # a missing key raises KeyError: that event goes to the general path
+        names = ", ".join(repr(name) for _, name in fetched)
+        targets = "".join(f"{v}, " for v, _ in fetched)
+        body.append(f"            {targets}= pick(data)" if len(fetched) > 1 else f"            {targets}= (pick(data),)")
+        pick = operator.itemgetter(*(name for _, name in fetched))
+    else:
+        pick = None
+    line = "\\t".join(parts)
+    source = "\n".join(
+        [
+            "def encode(events):",
+            "    lines, done, left = [], [], []",
+            "    line, ok, slow = lines.append, done.append, left.append",
+            "    last, prefix = -1, ''",
+            "    for ev in events:",
+            "        try:",
+            "            data = decode(ev[3])",
+            "            if type(data) is not dict:",
+            "                slow(ev)",
+            "                continue",
+            *body,
+            "            us = ev[4]",
+            "            if type(us) is not int or not 0 <= us < MAX:",
+            "                slow(ev)",
+            "                continue",
+            "            second, micro = divmod(us, 1000000)",
+            "            if second != last:",
+            "                last, prefix = second, strftime('%Y-%m-%d %H:%M:%S', gmtime(second))",
+            f'            line(f"{line}\\n")',
+            "        except Exception:",
+            "            slow(ev)",
+            "            continue",
+            "        ok(ev)",
+            "    return lines, done, left",
+        ]
+    )
+    from .routes import decode_payload
+
+    namespace: dict[str, Any] = {
+        "decode": decode_payload,
+        "M": _MISSING,
+        "MAX": _MAX_US,
+        "BS": "\\",
+        "esc": _copy_escape,
+        "field": _field,
+        "array_field": _array_field,
+        "strftime": time.strftime,
+        "gmtime": time.gmtime,
+        "pick": pick,
+    }
+    exec(compile(source, "<shipper.copyrows encoder>", "exec"), namespace)
+    encode: Encoder = namespace["encode"]
+    return encode
