@@ -25,6 +25,7 @@ typecheck: venv
 	$(VPY) -m mypy
 
 test: venv typecheck
+	@sh .ci/ensure-pgbouncer
 	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The Discord tests again on the oldest discord.py supported (setup.cfg: >=2.3), in a venv of its own.

@@ -28,6 +28,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(name="scale", title="Several outboxes into one Postgres", target="bench.scale:run", needs_postgres=True),
     Benchmark(name="discord", title="The discord.py command path, end to end", target="bench.discord_path:run",
               needs_postgres=True),
+    Benchmark(name="wan", title="Shipping across a WAN (delay proxy)", target="bench.wan:run", needs_postgres=True),
 )
 
 

@@ -397,7 +397,7 @@ async def _prune(path: Path, older_than: int) -> int:
     type=TimeType(),
     required=True,
     metavar="AGE|TIME",
-    help="Delete shipped events created before this: an age (7d, 12h) or an ISO 8601 time.",
+    help="Delete events shipped before this: an age (7d, 12h) or an ISO 8601 time.",
 )
 def prune(path: Path, older_than: int) -> None:
     """Delete old shipped events, to keep the file small.
@@ -411,7 +411,7 @@ def prune(path: Path, older_than: int) -> None:
       outbox prune events.db --older-than 2024-05-01T00:00:00Z
     """
     deleted = run(_prune(path, older_than))
-    click.echo(f"pruned {counted(deleted, 'shipped event')} created before {maintenance.format_time(older_than)}")
+    click.echo(f"pruned {counted(deleted, 'event')} shipped before {maintenance.format_time(older_than)}")
 
 
 def main() -> None:

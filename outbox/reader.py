@@ -24,85 +24,22 @@ import sqlite3
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiosqlite
 
-from . import identity, schema, shipclock
-from .errors import OutboxClosedError, OutboxError, OutboxFullError, disk_is_full
+from . import opening, schema, shipclock, status
+from .records import NOT_SET_ASIDE, DeadLetter, Event
+from .status import Status, TopicStatus
+from .errors import OutboxClosedError
 
 __all__ = ["Event", "DeadLetter", "Status", "TopicStatus", "OutboxReader"]
 
 
-class Event(NamedTuple):
-    """One event as stored: ``payload`` is the JSON text, ready for a ``jsonb`` column."""
-
-    seq: int
-    id: str
-    topic: str
-    payload: str
-    created_at: int  # microseconds since the Unix epoch, UTC
-
-
-class DeadLetter(NamedTuple):
-    """An event Postgres refused, kept with the reason."""
-
-    seq: int
-    id: str
-    topic: str
-    error: str
-    status: str  # 'dead', or 'retry' once an operator asked for another attempt
-    attempts: int
-    failed_at: int  # microseconds since the Unix epoch, UTC
-
-
-@dataclass(frozen=True)
-class TopicStatus:
-    """Counts for one topic."""
-
-    topic: str
-    pending: int
-    shipped: int
-    dead: int
-
-
-@dataclass(frozen=True)
-class Status:
-    """A snapshot of an outbox, as ``outbox status`` shows it."""
-
-    pending: int
-    shipped: int
-    dead: int
-    oldest_pending_age_s: float | None
-    bytes: int
-    cursor: int
-    last_seq: int
-    last_error: str | None
-    last_error_at: int | None
-    topics: tuple[TopicStatus, ...] = field(default=())
-
-    def as_json(self) -> dict[str, Any]:
-        """Return the stable JSON shape of ``outbox status --json``."""
-        return {
-            "pending": self.pending,
-            "shipped": self.shipped,
-            "dead": self.dead,
-            "oldest_pending_age_s": self.oldest_pending_age_s,
-            "bytes": self.bytes,
-            "cursor": self.cursor,
-            "last_seq": self.last_seq,
-            "last_error": self.last_error,
-            "topics": {t.topic: {"pending": t.pending, "shipped": t.shipped, "dead": t.dead} for t in self.topics},
-        }
-
-
 _EVENT_COLUMNS = "e.seq, e.id, e.topic, e.payload, e.created_at"
-_NOT_SET_ASIDE = "NOT EXISTS (SELECT 1 FROM ship.dead d WHERE d.seq = e.seq)"
-_PENDING = f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE} ORDER BY e.seq LIMIT ?"
-_WAL_KEEP_BYTES = 256 * 1024
+_PENDING = f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND {NOT_SET_ASIDE} ORDER BY e.seq LIMIT ?"
 _INLINE_CHUNK = 256  # rows per step of an inline read: ~0.2 ms of the loop's time each
 _as_event = tuple.__new__  # Event(*row) without the Python-level __new__: half the cost
 _EVENT_TYPE = itertools.repeat(Event)
@@ -130,8 +67,8 @@ class OutboxReader:
         self._db: aiosqlite.Connection | None = None
         self._inline: sqlite3.Connection | None = None  # read_pending's, on the loop's thread
         self._closed = False
-        self._side_missing = False  # only looking, and no side file yet: one in memory stands in
-        self._previous: list[str] = []
+        # only looking, and no side file yet: one in memory stands in (see outbox.opening)
+        self._opened = opening.Opened("", [], False)
         self.outbox_id = ""
 
     async def open(self) -> OutboxReader:
@@ -140,127 +77,38 @@ class OutboxReader:
             return self
         if self._closed:
             raise OutboxClosedError(f"reader of {self.path} is closed")
-        self.outbox_id = await asyncio.to_thread(self._prepare)
-        db = await aiosqlite.connect(self.path, isolation_level=None, timeout=schema.BUSY_TIMEOUT_MS / 1000)
+        self._opened = await asyncio.to_thread(opening.prepare, self.path, self._create)
+        self.outbox_id = self._opened.outbox_id
+        db = await opening.connect(self.path, self._opened)
         try:
-            await db.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
-            await db.execute("PRAGMA wal_autocheckpoint = 0")
-            await self._attach_ship(db)
-            # when this connection's write starts a WAL over, the file is cut back: max_bytes counts it
-            await db.execute(f"PRAGMA main.journal_size_limit = {_WAL_KEEP_BYTES}")
-            await db.execute(f"PRAGMA ship.journal_size_limit = {_WAL_KEEP_BYTES // 4}")
-            inline = self._connect_inline()
-        except sqlite3.Error as exc:
+            inline = opening.connect_inline(self.path, self._opened)
+        except BaseException:
             await db.close()
-            raise _error(self.path, exc, "cannot open outbox") from None
+            raise
         self._db, self._inline = db, inline
         return self
 
-    def _connect_inline(self) -> sqlite3.Connection:
-        # Read-only use; never shared between two threads at once (each read runs to its end on
-        # the loop's thread), hence check_same_thread=False for a loop that moves threads.
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
-            if self._side_missing:
-                conn.execute("ATTACH DATABASE ':memory:' AS ship")
-                conn.executescript(schema.empty_ship_script())
-            else:
-                conn.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
     async def _materialize(self) -> None:
         """Before a first write: make the real side file and attach it in place of the stand-in."""
-        if not self._side_missing:
+        if not (self._opened.side_missing or self._opened.read_only):
             return
-        outbox_id, previous = self.outbox_id, self._previous
-        await asyncio.to_thread(lambda: schema.connect_ship(self.path, outbox_id, previous).close())
-        self._side_missing = False
-        side = str(schema.ship_path(self.path))
-        try:
-            await self.db.execute("DETACH DATABASE ship")
-            await self.db.execute("ATTACH DATABASE ? AS ship", (side,))
-            await self.db.execute(f"PRAGMA ship.journal_size_limit = {_WAL_KEEP_BYTES // 4}")
-            if self._inline is not None:
-                self._inline.execute("DETACH DATABASE ship")
-                self._inline.execute("ATTACH DATABASE ? AS ship", (side,))
-        except sqlite3.Error as exc:
-            raise _error(self.path, exc) from None
-
-    async def _attach_ship(self, db: aiosqlite.Connection) -> None:
-        if not self._side_missing:
-            await db.execute("ATTACH DATABASE ? AS ship", (str(schema.ship_path(self.path)),))
-            return
-        # Only looking (create=False) at an outbox never shipped: an empty side file in memory,
-        # so `outbox status` and `export` create and change nothing (nothing has shipped, and
-        # there are no dead letters to list). The first write makes the real one (_materialize).
-        await db.execute("ATTACH DATABASE ':memory:' AS ship")
-        await db.executescript(schema.empty_ship_script())
-
-    def _prepare(self) -> str:
-        events = schema.connect_events(self.path, create=self._create)
-        try:
-            found = schema.outbox_id_of(events, self.path)  # a file with no id is damaged
-            if not self._create:
-                # only looking (status, export, dead list ...): no fork, no side file made; the
-                # shipper (create=True) and the appenders do those
-                previous = identity.previous_ids(events)
-                schema.check_shipped_within(events, self.path, found, previous)
-                self._side_missing = not schema.ship_path(self.path).exists()
-                self._previous = previous
-                if not self._side_missing:
-                    schema.connect_ship(self.path, found, previous).close()
-                return found
-            try:
-                outbox_id = identity.ensure_identity(events, self.path)  # a copy forks here
-                if not schema.ship_path(self.path).exists() and identity.had_side_file(events):
-                    # its cursor and dead letters are gone: Postgres's ledger would skip the
-                    # dead letters as shipped. A new identity re-sends what the file holds,
-                    # and what Postgres refuses becomes a dead letter again.
-                    outbox_id = identity.fork(
-                        events, self.path, f"its side file {schema.ship_path(self.path)} (progress, dead letters) is missing"
-                    )
-                previous = identity.previous_ids(events)
-            except sqlite3.Error as exc:
-                raise _error(self.path, exc) from None
-            schema.check_shipped_within(events, self.path, outbox_id, previous)
-            schema.connect_ship(self.path, outbox_id, previous).close()
-            try:
-                identity.note_side_file(events)
-            except sqlite3.Error:
-                pass  # read-only: the next writer notes it
-        finally:
-            events.close()
-        return outbox_id
+        opened = self._opened._replace(outbox_id=self.outbox_id)
+        await opening.materialize(self.path, opened, self.db, self._inline)  # refuses without write access
+        self._opened = opened._replace(side_missing=False)
 
     async def fork(self, why: str) -> str:
         """Take a new outbox id (the shipper found this file is a copy); return it.
 
         Progress and dead letters stay: the side file is carried over to the new id.
         """
-        def run() -> str:
-            events = schema.connect_events(self.path, create=False)
-            try:
-                outbox_id = identity.fork(events, self.path, why)
-                previous = identity.previous_ids(events)
-            finally:
-                events.close()
-            schema.connect_ship(self.path, outbox_id, previous).close()
-            return outbox_id
-
-        try:
-            self.outbox_id = await asyncio.to_thread(run)
-        except sqlite3.Error as exc:
-            raise _error(self.path, exc) from None
+        self.outbox_id, previous = await asyncio.to_thread(opening.fork, self.path, why)
+        self._opened = self._opened._replace(outbox_id=self.outbox_id, previous=list(previous))
         return self.outbox_id
 
     async def last_unshipped_within(self, after: int, upto: int) -> Event | None:
         """Return the last event with ``after < seq <= upto`` that is not a dead letter, if any."""
         rows = await self._all(
-            f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND e.seq <= ? AND {_NOT_SET_ASIDE}"
+            f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ? AND e.seq <= ? AND {NOT_SET_ASIDE}"
             " ORDER BY e.seq DESC LIMIT 1",
             (after, upto),
         )
@@ -507,42 +355,7 @@ class OutboxReader:
 
     async def status(self, *, per_topic: bool = False) -> Status:
         """Count pending, shipped and dead events; ``per_topic`` scans the whole file."""
-        cursor = await self.cursor()
-        last = await self.last_seq()
-        pending = int(await self._one(f"SELECT count(*) FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE}", (cursor,)))
-        retrying = int(await self._one("SELECT count(*) FROM ship.dead WHERE status = 'retry'"))  # pending again
-        below = int(await self._one("SELECT count(*) FROM events WHERE seq <= ?", (cursor,)))
-        aside = int(await self._one("SELECT count(*) FROM ship.dead WHERE seq <= ?", (cursor,)))
-        dead = int(await self._one("SELECT count(*) FROM ship.dead WHERE status = 'dead'"))
-        oldest = await self._one(
-            f"SELECT e.created_at FROM events e WHERE e.seq > ? AND {_NOT_SET_ASIDE} ORDER BY e.seq LIMIT 1",
-            (cursor,),
-        )
-        age = None if oldest is None else max(0.0, round((_now_us() - int(oldest)) / 1e6, 3))
-        error = await self._one("SELECT value FROM ship.meta WHERE key = 'last_error'")
-        error_at = await self._one("SELECT value FROM ship.meta WHERE key = 'last_error_at'")
-        topics: tuple[TopicStatus, ...] = ()
-        if per_topic:
-            rows = await self._all(
-                "SELECT e.topic,"
-                " sum((e.seq > ? AND d.seq IS NULL) OR d.status = 'retry'), sum(e.seq <= ? AND d.seq IS NULL),"
-                " sum(d.status = 'dead')"
-                " FROM events e LEFT JOIN ship.dead d ON d.seq = e.seq GROUP BY e.topic ORDER BY e.topic",
-                (cursor, cursor),
-            )
-            topics = tuple(TopicStatus(t, int(p or 0), int(s or 0), int(d or 0)) for t, p, s, d in rows)
-        return Status(
-            pending=pending + retrying,
-            shipped=below - aside,
-            dead=dead,
-            oldest_pending_age_s=age,
-            bytes=_bytes_on_disk(self.path),
-            cursor=cursor,
-            last_seq=last,
-            last_error=None if error is None else str(error),
-            last_error_at=None if error_at is None else int(error_at),
-            topics=topics,
-        )
+        return await status.count(self.path, self._one, self._all, await self.cursor(), await self.last_seq(), per_topic)
 
     # -- ranges ----------------------------------------------------------------------------------
 
@@ -576,7 +389,7 @@ class OutboxReader:
         if shipped_only:
             clauses.append("e.seq <= (SELECT cursor FROM ship.progress WHERE one = 1)")
         if shipped_only or skip_set_aside:
-            clauses.append(_NOT_SET_ASIDE)
+            clauses.append(NOT_SET_ASIDE)
         sql = f"SELECT {_EVENT_COLUMNS} FROM events e WHERE {' AND '.join(clauses)} ORDER BY e.seq LIMIT ?"
         after = 0
         while True:
@@ -600,16 +413,4 @@ class OutboxReader:
         return int(await self._one(f"SELECT count(*) FROM events WHERE {' AND '.join(clauses)}", params))
 
 
-def _bytes_on_disk(path: Path) -> int:
-    try:
-        main = os.stat(path).st_size
-    except FileNotFoundError:
-        main = 0
-    return main + schema.side_bytes(path)
-
-
-def _error(path: Path, exc: sqlite3.Error, what: str = "outbox") -> OutboxError:
-    """Translate a sqlite3 error met reading or noting progress, naming the file."""
-    if disk_is_full(exc, path):
-        return OutboxFullError(f"the disk holding outbox {path} is full")
-    return OutboxError(f"{what} {path}: {exc}")
+_error = opening.error

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import shipclock
+from . import readonly, shipclock
 from .errors import NotAnOutboxError, OutboxCorruptError, OutboxError, OutboxFullError, disk_is_full
 
 __all__ = [
@@ -132,16 +132,25 @@ def create_private_file(path: Path, like: Path | None = None) -> bool:
     return True
 
 
-def _connect(path: Path, *, create: bool, synchronous: str, like: Path | None = None) -> sqlite3.Connection:
+def _connect(
+    path: Path, *, create: bool, synchronous: str, like: Path | None = None, read_only: bool = False
+) -> sqlite3.Connection:
     if not create and not path.exists():
         raise OutboxError(f"no outbox at {path}")
     if path.is_dir():
         raise OutboxError(f"{path} is a directory, not an outbox file")
     if create:
         create_private_file(path, like)
+        # SQLite would open it read-only without a word and fail at the first write
+        if (refused := readonly.write_refused(path)) is not None:
+            raise refused
     try:
         conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            readonly.uri(path) if read_only else path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            uri=read_only,
         )
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot open outbox {path}: {exc}") from None
@@ -211,12 +220,15 @@ def _ensure(
 
 
 def connect_events(
-    path: str | os.PathLike[str], *, create: bool = True, synchronous: str = "NORMAL"
+    path: str | os.PathLike[str], *, create: bool = True, synchronous: str = "NORMAL", read_only: bool = False
 ) -> sqlite3.Connection:
-    """Open (creating if asked) the events file, checked and in WAL mode, autocommit."""
+    """Open (creating if asked) the events file, checked and in WAL mode, autocommit.
+
+    ``read_only``: for a looker without write access (see :mod:`outbox.readonly`).
+    """
     p = Path(path)
     _check_not_emptied(p)
-    conn = _connect(p, create=create, synchronous=synchronous)
+    conn = _connect(p, create=create, synchronous=synchronous, read_only=read_only)
     try:
         _ensure(conn, p, _EVENTS_DDL, SCHEMA_VERSION, {"outbox_id": str(uuid.uuid4())})
     except BaseException:
@@ -306,7 +318,10 @@ def check_shipped_within(
     if not side.exists():
         return
     try:  # not read-only: after a crash, reading the side file's WAL needs a recovery write
-        ship = sqlite3.connect(side, timeout=BUSY_TIMEOUT_MS / 1000)
+        if readonly.can_write(side):
+            ship = sqlite3.connect(side, timeout=BUSY_TIMEOUT_MS / 1000)
+        else:  # a looker without write access: no recovery is needed to read through a -shm
+            ship = sqlite3.connect(readonly.uri(side), timeout=BUSY_TIMEOUT_MS / 1000, uri=True)
         try:
             row = ship.execute(
                 "SELECT (SELECT value FROM meta WHERE key = 'outbox_id'), (SELECT cursor FROM progress WHERE one = 1)"

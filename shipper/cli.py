@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from outbox import OutboxError, OutboxReader
 from outbox.clilog import log_to_stderr
@@ -31,10 +32,11 @@ from outbox.clitools import SHIPPER_EXIT_CODES_HELP as EXIT_CODES_HELP
 from outbox.report import counted
 
 from .dsn import redact_dsn
+from .batching import MAX_BATCH_BYTES
 from .errors import ShipperError
 from .loop import Shipper, ShipperStats
 from .migrate import migrate as migrate_schema
-from .outbox_cli import register_postgres_errors, route_option
+from .outbox_cli import register_postgres_errors, route_option, schema_option
 from .partitions import PERIODS
 from .pgsink import PostgresSink
 
@@ -55,22 +57,40 @@ class ShipperSettings:
     metrics_addr: str = "127.0.0.1"
     retention_s: float = 7 * 86400
     stop_timeout: float = 10.0
+    schema: str = "public"
+    lease_ttl: float = 30.0
     routes: dict[str, str] = field(default_factory=dict)
     pg_retention_s: float | None = None
+    grow_batches: bool = True  # False: batch_size is a hard limit (an explicit --batch-size)
 
-    def make(self) -> Shipper:
+    def sink(self, lock_timeout: float = 5.0) -> PostgresSink:
+        """The Postgres sink these settings describe."""
+        return PostgresSink(
+            self.dsn,
+            schema=self.schema,
+            batch_timeout=self.lease_ttl,
+            lock_timeout=lock_timeout,
+            routes=self.routes,
+            pg_retention_s=self.pg_retention_s,
+        )
+
+    def make(self, sink: PostgresSink | None = None) -> Shipper:
         """Build the shipper these settings describe."""
         return Shipper(
             self.outbox_path,
-            self.dsn,
+            None if sink is not None else self.dsn,
+            sink=sink,
+            schema=self.schema,
+            lease_ttl=self.lease_ttl,
+            max_batch_bytes=MAX_BATCH_BYTES if self.grow_batches else 0,
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
             metrics_port=self.metrics_port,
             metrics_addr=self.metrics_addr,
             retention_s=self.retention_s,
             stop_timeout=self.stop_timeout,
-            routes=self.routes,
-            pg_retention_s=self.pg_retention_s,
+            routes=None if sink is not None else self.routes,  # a sink given has them already
+            pg_retention_s=None if sink is not None else self.pg_retention_s,
         )
 
 
@@ -106,8 +126,23 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="The outbox file (created if missing).",
         ),
         dsn_option(),
+        schema_option,
         click.option(
-            "--batch-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Most events per batch."
+            "--lease-ttl",
+            type=click.FloatRange(min=0.1),
+            default=30.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="The lease on the outbox lasts this long unrenewed: a standby takes over about this long"
+            " after the leader dies or freezes.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=1000,
+            show_default=True,
+            help="Most events per batch when given; by default batches start at 1000 and grow while a backlog"
+            " waits, up to about 4 MiB (fewer round trips to a distant Postgres).",
         ),
         click.option(
             "--flush-interval",
@@ -184,14 +219,17 @@ def _settings(options: dict[str, Any]) -> ShipperSettings:
         metrics_addr=options["metrics_addr"],
         retention_s=options["retention"],
         stop_timeout=options["stop_timeout"],
+        schema=options["schema"],
+        lease_ttl=options["lease_ttl"],
         routes=options["routes"],
         pg_retention_s=options.get("pg_retention"),
+        grow_batches=click.get_current_context().get_parameter_source("batch_size") is ParameterSource.DEFAULT,
     )
 
 
-async def _start(settings: ShipperSettings) -> Shipper:
+async def _start(settings: ShipperSettings, s: Shipper | None = None) -> Shipper:
     """Start a shipper; a metrics port that cannot be served is the operator's to fix, at once."""
-    s = settings.make()
+    s = settings.make() if s is None else s
     try:
         await s.start()
     except OSError as exc:
@@ -208,12 +246,13 @@ async def _start(settings: ShipperSettings) -> Shipper:
 
 
 async def _serve(settings: ShipperSettings) -> ShipperStats:
-    s = await _start(settings)
+    s = settings.make()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
+    for sig in signals:  # before starting: a start on a full disk waits for room, and may be stopped
         loop.add_signal_handler(sig, _stop_on_signal, s, sig)
     try:
+        await _start(settings, s)
         await s.serve()
     finally:
         for sig in signals:
@@ -280,16 +319,20 @@ class DrainResult:
 
 
 async def _drain(settings: ShipperSettings, timeout: float | None) -> DrainResult:
-    await migrate_schema(settings.dsn)  # fail at once, clearly, when Postgres cannot be reached
-    if settings.routes:  # and when a route's table is missing, before the loop starts
-        check = PostgresSink(settings.dsn, migrate=False, routes=settings.routes)
-        try:
-            await check.open()
-        finally:
-            await check.close()
+    # One connection, its tables (and routes) checked once, opened here so that an unreachable
+    # Postgres, a missing table, route or GRANT fails at once, clearly; lock waits fit --timeout.
+    sink = settings.sink(lock_timeout=min(5.0, timeout) if timeout is not None else 5.0)
+    try:
+        await asyncio.wait_for(sink.open(), timeout)
+    except asyncio.TimeoutError:
+        await sink.close()
+        raise ShipperError(f"drain timed out after {timeout:g} s connecting to {redact_dsn(settings.dsn)}") from None
+    except BaseException:
+        await sink.close()
+        raise
     async with OutboxReader(settings.outbox_path, create=True) as reader:
         pending = (await reader.status()).pending
-    s = await _start(settings)
+    s = await _start(settings, settings.make(sink))
     timed_out = False
     failure: BaseException | None = None
     draining: asyncio.Future[int] | None = None
@@ -377,6 +420,15 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
 
 @shipper.command(epilog=EXIT_CODES_HELP)
 @dsn_option()
+@schema_option
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up if another migration holds its lock this long.",
+)
 @click.option(
     "--partition",
     type=click.Choice(PERIODS),
@@ -387,7 +439,7 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
     is_flag=True,
     help="With --partition: move rows already in the tables into partitions (locks them while it copies).",
 )
-def migrate(dsn: str, partition: str | None, move_rows: bool) -> None:
+def migrate(dsn: str, schema: str, lock_timeout: float, partition: str | None, move_rows: bool) -> None:
     """Create or upgrade the Postgres tables the shipper writes (safe to run again).
 
     `shipper run` and `shipper drain` do this on first use too; run it yourself when the bot's
@@ -403,8 +455,10 @@ def migrate(dsn: str, partition: str | None, move_rows: bool) -> None:
     """
     if move_rows and partition is None:
         raise click.UsageError("--move-rows goes with --partition monthly|weekly|daily")
-    version = run(migrate_schema(dsn, partition=partition, move_rows=move_rows))
-    click.echo(f"outbox schema at version {version} on {redact_dsn(dsn)}")
+    version = run(
+        migrate_schema(dsn, schema=schema, lock_timeout_s=lock_timeout, partition=partition, move_rows=move_rows)
+    )
+    click.echo(f"outbox schema at version {version} in schema {schema} on {redact_dsn(dsn)}")
 
 
 def main() -> None:

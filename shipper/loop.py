@@ -1,11 +1,12 @@
 """The shipping loop: read a batch, send it, record progress; survive everything in between.
 
 One loop per outbox file, in the bot's process (woken by its appends) or in a sidecar (polling
-every ``flush_interval``). It ships at once when idle; batches grow while one is in flight and,
-in the bot's process, while appends keep coming (``wakeup.py`` gathers them for a few ms).
-Only the holder of the outbox's lease (a Postgres advisory lock) ships; a second shipper started
-by mistake stands by, says so, and takes over if the first one dies. Even without the lease the
-ledger refuses a batch shipped twice, so a mistake costs time, never a duplicate.
+every ``flush_interval``). It ships at once when idle; batches grow while a backlog waits
+(:mod:`shipper.batching`) and, in the bot's process, while appends keep coming (:mod:`shipper.wakeup`
+gathers them for a few ms). Only the holder of the outbox's lease (a Postgres row that expires,
+:mod:`shipper.lease`) ships; a second shipper started by mistake stands by, says so, and takes
+over within about one TTL if the first one dies or freezes. Even without the lease the ledger
+refuses a batch shipped twice, so a mistake costs time, never a duplicate.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from outbox.maintenance import checkpoint, prune
 
 from . import forks
 from .backlog import BacklogGauges, nothing_pending
-from .errors import ConnectError, ShipperError, classify
+from .batching import MAX_BATCH_BYTES, batch_bytes, next_limit
+from .errors import DsnError, GrantError, ShipperError, classify, hint
+from .lease import LeaseKeeper
 from .routes import RouteError
 from .metrics import Metrics
 from .pgsink import PostgresSink
@@ -78,6 +81,14 @@ class Shipper:
         The address the metrics listen on (``0.0.0.0`` for a Prometheus in another container).
     stop_timeout:
         Seconds :meth:`stop` (and ``async with``'s exit) spends shipping what is pending.
+    schema:
+        The Postgres schema of the shipper's tables (every statement names it).
+    lease_ttl:
+        Seconds the lease lasts unrenewed: a standby takes over about this long after the
+        leader dies or freezes; a batch transaction may run at most this long.
+    max_batch_bytes:
+        While a backlog waits batches grow past ``batch_size``, up to about this many bytes
+        (0: never; ``batch_size`` is then the most events per batch).
     routes:
         ``{topic: table}``: topics that land in the user's own tables (:mod:`shipper.routes`).
     pg_retention_s:
@@ -100,6 +111,9 @@ class Shipper:
         backoff_base: float = 0.1,
         backoff_cap: float = 30.0,
         housekeeping_interval: float = 60.0,
+        schema: str = "public",
+        lease_ttl: float = 30.0,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         routes: Mapping[str, str] | None = None,
         pg_retention_s: float | None = None,
     ) -> None:
@@ -110,7 +124,7 @@ class Shipper:
         if sink is None:
             if not dsn:
                 raise ValueError("give a dsn (or a sink) to ship to")
-            sink = PostgresSink(dsn, routes=routes, pg_retention_s=pg_retention_s)
+            sink = PostgresSink(dsn, schema=schema, batch_timeout=lease_ttl, routes=routes, pg_retention_s=pg_retention_s)
         elif routes or pg_retention_s is not None:
             raise ValueError("give routes and pg_retention_s to the sink itself")
         self.path = Path(outbox_path)
@@ -139,6 +153,9 @@ class Shipper:
         self._said_standby = False
         self._cursor = 0
         self._limit = batch_size
+        self.max_batch_bytes = max_batch_bytes
+        self._lease = LeaseKeeper(sink, lease_ttl)
+        self._last_kind: str | None = None
         self._next_housekeeping = 0.0
         self._next_retry_check = 0.0
         self._fatal: BaseException | None = None
@@ -210,6 +227,8 @@ class Shipper:
         await self._settle_progress()
         if self._outbox is not None:
             self._outbox.remove_listener(self._wakeup.notify)
+        if self._lease.held:
+            await self._lease.release(self.reader.outbox_id)
         await self.sink.close()
         await self.reader.close()
         if self._gauges is not None:
@@ -256,6 +275,8 @@ class Shipper:
         while True:
             if self._fatal is not None:
                 raise self._fatal
+            if self._last_kind == "permission":  # an owner must act: a one-off drain says so and ends
+                raise GrantError(self.stats.last_error)
             # this loop's own cursor is committed in Postgres; the side file's may lag (see _note_progress)
             cursor = max(self._cursor, await self.reader.cursor())
             ahead = await self.reader.read_pending(1, after=cursor)
@@ -285,7 +306,10 @@ class Shipper:
                 if not self._leader and not await self._claim():
                     if self._stopping:
                         return
-                    await self._idle(max(1.0, self.flush_interval))
+                    await self._idle(max(self._lease.poll_interval, self.flush_interval))
+                    continue
+                if not await self._lease.keep(self.reader.outbox_id):
+                    self._stand_by()
                     continue
                 shipped = await self._ship_once()
                 await self._maintain()
@@ -293,6 +317,7 @@ class Shipper:
                     log.info("shipping to %s resumed", self.where)
                     await self.reader.set_error(None)
                     failures = 0
+                    self._last_kind = None
                 # After a batch that took all there was, an in-process loop waits for the next
                 # appends (gathering them while they keep coming, see wakeup.py); a sidecar, a
                 # backlog and a stop look again at once.
@@ -305,12 +330,14 @@ class Shipper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # damage no retry can mend (a file that lost its end, a route to a table that is not
-                # there at start): stop with one clear error
-                if (
-                    isinstance(exc, (OutboxCorruptError, OutboxClosedError))
-                    or (isinstance(exc, ConnectError) and str(exc).startswith("malformed DSN"))
-                    or (isinstance(exc, RouteError) and not self.stats.batches)
+                if classify(exc) == "lease":  # refused by the fence: another shipper took over
+                    self._lease.lost(self.reader.outbox_id)
+                    self._stand_by()
+                    continue
+                # damage no retry can mend (a file that lost its end, a DSN that cannot work, a
+                # route to a table that is not there at start): stop with one clear error
+                if isinstance(exc, (OutboxCorruptError, OutboxClosedError, DsnError)) or (
+                    isinstance(exc, RouteError) and not self.stats.batches
                 ):
                     self._fatal = exc
                     log.error("%s", exc)
@@ -326,8 +353,13 @@ class Shipper:
         self._connected = True
         self._leader = False
 
+    def _stand_by(self) -> None:
+        self._leader = False
+        self._drop_prefetch()
+        self._said_standby = True  # the lease's own line said it: the next one is "took over"
+
     async def _claim(self) -> bool:
-        if not await self.sink.try_lease(self.reader.outbox_id):
+        if not await self._lease.claim(self.reader.outbox_id):
             # a VM clone of this file may hold it: forked, it has the lease of its own id
             if await self._fork_if_not_ours(await self.reader.cursor(), await self.sink.position(self.reader.outbox_id)):
                 return False
@@ -364,7 +396,10 @@ class Shipper:
         # this thread in short steps once the query is sent, in the time the loop would spend
         # waiting for Postgres, so a drain runs at about the speed of COPY alone. A short batch
         # means nothing more was there: no read-ahead.
-        if len(events) == self._limit:
+        limit, self._limit = self._limit, next_limit(
+            self._limit, len(events), batch_bytes(batch), batch_size=self.batch_size, max_bytes=self.max_batch_bytes
+        )
+        if len(events) == limit:
             self._prefetch = (batch.last_seq, asyncio.ensure_future(self._read_batch(batch.last_seq, ahead=True)))
         started = time.monotonic()
         try:
@@ -391,7 +426,6 @@ class Shipper:
             return 1
         self._cursor = batch.last_seq
         self._note_progress()
-        self._limit = min(self.batch_size, self._limit * 2)
         self._count(result.shipped, result.rejected, time.monotonic() - started)
         return len(events)
 
@@ -404,11 +438,13 @@ class Shipper:
 
     async def _fork(self, why: str) -> None:
         """Take a new outbox id and start over under it, from the side file's cursor."""
+        if self._lease.held:  # let go of the old id's lease: the other copy ships under it
+            await self._lease.release(self.reader.outbox_id)
         await self.reader.fork(why)
         self._drop_prefetch()
         self._cursor = await self.reader.cursor()
         self._connected = self._leader = False
-        await self.sink.close()  # lets go of the old id's lease: the other copy ships under it
+        await self.sink.close()
 
     def _note_progress(self) -> None:
         """Note progress in the side file, never waiting for it, at most every ``_NOTE_EVERY_S``.
@@ -468,7 +504,10 @@ class Shipper:
         events = await self.reader.read_pending(self._limit, after=after, on_loop=ahead)
         if not events:
             return None
-        batch = Batch(self.reader.outbox_id, after, events[-1].seq, events, getattr(self.sink, "router", None))
+        batch = Batch(
+            self.reader.outbox_id, after, events[-1].seq, events, lease=self._lease.token,
+            router=getattr(self.sink, "router", None),
+        )
         for table in batch.routed.tables:  # routed and encoded now, off the next send's critical path
             table.copy_text()
         return batch
@@ -508,17 +547,22 @@ class Shipper:
         if getattr(exc, "sqlstate", None) == "57014" and self._limit > 1:
             self._limit = max(1, self._limit // 2)  # statement timeout: try smaller batches
         self.stats.retries += 1
-        self.stats.last_error = text
         if self._metrics is not None:
             self._metrics.retry()
         base, cap = self._backoff
         delay = random.uniform(0, min(cap, base * 2 ** min(failures, 30)))  # full jitter
-        hint = " -- run `shipper migrate`?" if kind == "schema" else ""
-        log.warning("shipping to %s failed (%s, attempt %d): %s%s; retrying in %.2f s", self.where, kind, failures, text, hint, delay)
+        advice = "" if kind == "outbox" else hint(exc, classify(exc))
+        if kind in ("permission", "schema", "pooler"):  # an operator must act: retry calmly
+            delay = max(delay, min(cap, 5.0))
+        self._last_kind = kind
+        self.stats.last_error = f"{text}{advice}"
+        log.warning(
+            "shipping to %s failed (%s, attempt %d): %s%s; retrying in %.2f s", self.where, kind, failures, text, advice, delay
+        )
         self._connected = self._leader = False
         await self.sink.close()
         try:
-            await self.reader.set_error(f"{text}{hint}")
+            await self.reader.set_error(f"{text}{advice}")
         except OutboxError:
             pass
         return delay

@@ -37,7 +37,7 @@ from .replay import ReplayResult, VerifyResult
 from .replay import replay as replay_events
 from .replay import verify as verify_events
 
-__all__ = ["cli", "main", "register_postgres_errors", "route_option"]
+__all__ = ["cli", "main", "register_postgres_errors", "route_option", "schema_option"]
 
 
 def _routes(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
@@ -59,6 +59,19 @@ def route_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         metavar="TOPIC=TABLE",
         help="Events of TOPIC go to your own TABLE (needs an `id uuid` key; payload keys fill its columns). Repeatable.",
     )
+
+
+def schema_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--schema`` (OUTBOX_SCHEMA): the Postgres schema of the shipper's tables."""
+    return click.option(
+        "--schema",
+        envvar="OUTBOX_SCHEMA",
+        show_envvar=True,
+        default="public",
+        show_default=True,
+        metavar="NAME",
+        help="Postgres schema holding the shipper's tables (every statement names it).",
+    )(func)
 
 
 def _describe_postgres(exc: BaseException) -> str:
@@ -87,14 +100,15 @@ register_postgres_errors(cli)
 
 async def _replay(
     path: Path, dsn: str | None, since: int | None, until: int | None, topic: str | None, dry_run: bool,
-    routes: dict[str, str],
+    routes: dict[str, str], schema: str = "public",
 ) -> tuple[ReplayResult, int]:
     """Replay; return the result and how many dead letters in the range were left out."""
     async with OutboxReader(path) as reader:
         total = await reader.count_events(since_us=since, until_us=until, topic=topic)
         with progress("selecting" if dry_run else "replaying", total, deltas=True) as step:
             result = await replay_events(
-                reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step, routes=routes
+                reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step, routes=routes,
+                schema=schema,
             )
         return result, max(0, total - result.selected)
 
@@ -102,6 +116,7 @@ async def _replay(
 @cli.command(epilog=EXIT_CODES_HELP)
 @path_argument
 @dsn_option(required=False)
+@schema_option
 @range_options
 @click.option("--dry-run", is_flag=True, help="Say what would be sent; connect to nothing.")
 @route_option()
@@ -115,6 +130,7 @@ def replay(
     dry_run: bool,
     routes: dict[str, str],
     as_json: bool,
+    schema: str,
 ) -> None:
     """Send a range of events to Postgres again, shipped ones too.
 
@@ -130,7 +146,7 @@ def replay(
     check_range(since, until)
     if dsn is None and not dry_run:
         raise click.UsageError("Missing option '--dsn' (or set OUTBOX_DSN or DATABASE_URL)")
-    result, left_out = run(_replay(path, dsn, since, until, topic, dry_run, routes))
+    result, left_out = run(_replay(path, dsn, since, until, topic, dry_run, routes, schema))
     where = redact_dsn(dsn) if dsn else "Postgres"
     already = result.selected - result.inserted - result.rejected
     if as_json:
@@ -170,19 +186,20 @@ def replay(
 # -- verify --------------------------------------------------------------------------------------
 
 
-async def _verify(path: Path, dsn: str, routes: dict[str, str]) -> VerifyResult:
+async def _verify(path: Path, dsn: str, routes: dict[str, str], schema: str = "public") -> VerifyResult:
     async with OutboxReader(path) as reader:
         total = (await reader.status()).shipped
         with progress("verifying", total, deltas=True) as step:
-            return await verify_events(reader, dsn, progress=step, routes=routes)
+            return await verify_events(reader, dsn, progress=step, routes=routes, schema=schema)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @path_argument
 @dsn_option()
 @route_option()
+@schema_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (missing ids included).")
-def verify(path: Path, dsn: str, routes: dict[str, str], as_json: bool) -> None:
+def verify(path: Path, dsn: str, routes: dict[str, str], as_json: bool, schema: str) -> None:
     """Prove that every shipped event still in the outbox is in Postgres.
 
     Checks in chunks, so any size of outbox works. Prints how many are missing per topic and
@@ -193,7 +210,7 @@ def verify(path: Path, dsn: str, routes: dict[str, str], as_json: bool) -> None:
       outbox verify events.db --dsn postgresql://bot@db/bot
       OUTBOX_DSN=postgresql://bot@db/bot outbox verify events.db --json
     """
-    result = run(_verify(path, dsn, routes))
+    result = run(_verify(path, dsn, routes, schema))
     missing = sum(result.missing.values())
     where = redact_dsn(dsn)
     if as_json:

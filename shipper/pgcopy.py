@@ -44,6 +44,8 @@ async def copy_with_statements(
     text: bytes | None = None,
     before: str = "",
     after: str = "",
+    schema: str | None = None,
+    intros: dict[str, Any] | None = None,
 ) -> str:
     """Run ``before; COPY table(columns) FROM STDIN; after`` in one round trip.
 
@@ -52,26 +54,37 @@ async def copy_with_statements(
     (no parameters: a simple query takes none), so callers build them from values they have
     checked. An error anywhere stops the rest; if ``before`` began a transaction it is left
     aborted for the caller to roll back. Returns the status of the last statement. Falls back to
-    three round trips when :func:`supports_one_trip` is False.
+    three round trips when :func:`supports_one_trip` is False. ``intros`` caches, per table, the
+    column types a binary COPY needs (asking costs a round trip; they hold for the connection).
     """
     cols = ", ".join(_quote(c) for c in columns)
+    target = f"{_quote(schema)}.{_quote(table)}" if schema else _quote(table)
     if not supports_one_trip(conn):
         if before:
             await conn.execute(before)
         if text is not None:
-            status: str = await conn.copy_to_table(table, source=io.BytesIO(text), columns=list(columns), format="text")
+            status: str = await conn.copy_to_table(
+                table, source=io.BytesIO(text), columns=list(columns), format="text", schema_name=schema
+            )
         else:
-            status = await conn.copy_records_to_table(table, records=records, columns=list(columns))
+            status = await conn.copy_records_to_table(table, records=records, columns=list(columns), schema_name=schema)
         if after:
             status = await conn.execute(after)
         return status
-    copy = f"COPY {_quote(table)} ({cols}) FROM STDIN"
+    copy = f"COPY {target} ({cols}) FROM STDIN"
     if text is not None:
         data, rows, types = memoryview(text), None, None
     else:
-        # The statement asyncpg itself prepares to learn the columns' types (and so their encoders).
-        intro = await conn._prepare(f"SELECT {cols} FROM {_quote(table)} LIMIT 1", use_cache=True)
+        # The statement asyncpg itself prepares to learn the columns' types (and so their
+        # encoders). With the statement cache off (poolers) it is unnamed: only its types are
+        # kept, never the server-side statement, so reusing them is pooler-safe.
+        key = f"{target} ({cols})"
+        types = None if intros is None else intros.get(key)
+        if types is None:
+            types = (await conn._prepare(f"SELECT {cols} FROM {target} LIMIT 1", use_cache=True))._state
+            if intros is not None:
+                intros[key] = types
         copy += " (FORMAT binary)"
-        data, rows, types = None, records, intro._state
+        data, rows = None, records
     query = "; ".join(part for part in (before, copy, after) if part)
     return str(await conn._protocol.copy_in(query, None, data, rows, types, None))

@@ -6,16 +6,22 @@ committed batch fails on the ledger's primary key and is refused whole, so COPY 
 ``ON CONFLICT``.
 
 Careful path, when the fast one hits a row Postgres refuses or an id it already holds (a replay,
-an import): in one transaction, the ledger row, then each table's rows COPYed into a temporary
-staging table and moved with ``INSERT .. ON CONFLICT (id) DO NOTHING`` inside a savepoint. A
-refused chunk is bisected, savepoint by savepoint, down to the rows at fault; those are handed to
-``set_aside`` before the commit and the rest ship. A route's rows (:mod:`shipper.routes`) take
-no staging table: they are inserted as text with Postgres's casts (:mod:`shipper.refusals`).
+an import): in one transaction, the ledger row, then each table's rows moved in without a
+temporary table (hosted roles often lack TEMP): ``outbox_events`` rows as one array per column,
+``INSERT .. SELECT FROM unnest(..) ON CONFLICT DO NOTHING``; a route's rows (:mod:`shipper.routes`)
+as text with Postgres's casts (:mod:`shipper.refusals`); each chunk inside a savepoint. A refused
+chunk is bisected, savepoint by savepoint, down to the rows at fault; those are handed to
+``set_aside`` before the commit and the rest ship.
+
+Both paths start with the lease's fence (:mod:`shipper.lease`) and ``SET LOCAL`` timeouts, so a
+batch of a shipper that lost its lease is refused whole, and a frozen shipper's transaction ends
+within the lease's TTL instead of holding its locks. Every table is named with its schema.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,8 +30,11 @@ import asyncpg
 
 from outbox import Event
 
-from .dsn import connect, redact_dsn
-from .migrate import EVENT_TABLE, LEDGER_TABLE, ensure_schema
+from .connection import connect, local_settings, qualified, quote_ident
+from .dsn import redact_dsn
+from .errors import LeaseLost, classify
+from .lease import fence_sql, release_sql, renew_sql, take_sql
+from .migrate import DEFAULT_SCHEMA, EVENT_TABLE, LEDGER_TABLE, ensure_schema
 from .pgcopy import copy_with_statements
 from .partitions import Partitions
 from .refusals import column_at_fault, insert_text, refusal_kind
@@ -37,13 +46,7 @@ __all__ = ["PostgresSink"]
 
 log = logging.getLogger(__name__)
 
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: Postgres's own epoch
 _LEDGER_KEY = f"{LEDGER_TABLE}_pkey"
-_LEDGER_INSERT = f"INSERT INTO {LEDGER_TABLE}(outbox_id, after_seq, last_seq, rows) VALUES"
-
-
-def _lock_key(outbox_id: str) -> int:
-    return int.from_bytes(uuid.UUID(outbox_id).bytes[:8], "big", signed=True)
 
 
 class PostgresSink:
@@ -57,6 +60,13 @@ class PostgresSink:
         Create or upgrade the tables on the first connection.
     command_timeout:
         Seconds before a statement is abandoned as hung (a transient failure).
+    schema:
+        The Postgres schema holding the shipper's tables.
+    lock_timeout:
+        Seconds any statement waits for a lock (a frozen shipper's, a migration's) before giving up.
+    batch_timeout:
+        Seconds a batch transaction may run (``SET LOCAL statement_timeout``): a shipper frozen
+        mid-batch releases its locks after this long. The shipper passes its lease's TTL.
     routes:
         ``{topic: table}``: the user's own tables (:mod:`shipper.routes`).
     pg_retention_s:
@@ -69,34 +79,35 @@ class PostgresSink:
         *,
         migrate: bool = True,
         command_timeout: float = 60.0,
+        schema: str = DEFAULT_SCHEMA,
+        lock_timeout: float = 5.0,
+        batch_timeout: float = 30.0,
         routes: Mapping[str, str] | None = None,
         pg_retention_s: float | None = None,
     ) -> None:
         self.dsn = dsn
-        self.router = Router(routes)
+        self.router = Router(routes, schema=schema)
         self.partitions = Partitions(self.router.schema, retention_s=pg_retention_s)
         self.where = redact_dsn(dsn)
+        self.schema = schema
         self._migrate = migrate
         self._migrated = False
         self._command_timeout = command_timeout
+        self._lock_timeout = lock_timeout
+        self._batch_timeout = batch_timeout
         self._conn: asyncpg.Connection | None = None
-        self._staged: set[str] = set()
+        self._types: dict[str, list[str]] = {}  # table -> its columns' array types, this connection
+        self._intros: dict[str, Any] = {}  # table -> the binary COPY's column types, this connection
+        self._ledger_insert = f"INSERT INTO {qualified(schema, LEDGER_TABLE)}(outbox_id, after_seq, last_seq, rows) VALUES"
 
     async def open(self) -> None:
-        """Connect if not connected (raising ConnectError), and migrate once."""
+        """Connect if not connected (raising ConnectError), and check (or migrate) the tables once."""
         if self._conn is not None and not self._conn.is_closed():
             return
         conn = await connect(self.dsn, command_timeout=self._command_timeout)
         try:
-            await conn.set_type_codec(
-                "timestamptz",
-                schema="pg_catalog",
-                encoder=lambda us: (us - _PG_EPOCH_US,),
-                decoder=lambda t: t[0] + _PG_EPOCH_US,
-                format="tuple",
-            )
             if self._migrate and not self._migrated:
-                await ensure_schema(conn)
+                await ensure_schema(conn, self.schema, lock_timeout_s=self._lock_timeout)
                 self._migrated = True
             await self.router.load(conn)  # on every connect: a schema error reconnects, so re-reads
             await self.partitions.load(conn, self.router.tables)
@@ -104,7 +115,8 @@ class PostgresSink:
             conn.terminate()
             raise
         self._conn = conn
-        self._staged = set()
+        self._types = {}
+        self._intros = {}
 
     async def close(self) -> None:
         """Close the connection (a transaction in flight is rolled back by Postgres)."""
@@ -122,17 +134,44 @@ class PostgresSink:
             raise ConnectionError(f"not connected to {self.where}")
         return self._conn
 
-    async def try_lease(self, outbox_id: str) -> bool:
-        """Take a session advisory lock for the outbox; it lapses if this connection dies."""
-        return bool(await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(outbox_id)))
+    def _table(self, name: str) -> str:
+        return qualified(self.schema, name)
+
+    async def try_lease(self, outbox_id: str, holder: str, ttl: float, *, renew: bool = False) -> bool:
+        """Take (or renew) the outbox's lease row: one round trip; a lock not granted in time is a no."""
+        make = renew_sql if renew else take_sql
+        try:
+            status = await self.conn.execute(make(self.schema, outbox_id, holder, ttl, self._lock_timeout))
+        except asyncpg.LockNotAvailableError:
+            return False  # a batch of the holder is in flight (its fence holds the row)
+        return bool(status.endswith(" 1"))
+
+    async def release_lease(self, outbox_id: str, holder: str) -> None:
+        """Expire the lease row now, if ``holder`` holds it."""
+        await self.conn.execute(release_sql(self.schema, outbox_id, holder, self._lock_timeout))
 
     async def position(self, outbox_id: str) -> int:
         """Return the last seq of the newest ledger row of this outbox."""
-        value = await self.conn.fetchval(
-            f"SELECT last_seq FROM {LEDGER_TABLE} WHERE outbox_id = $1 ORDER BY after_seq DESC LIMIT 1",
-            outbox_id,
+        text = await self._rows_text(
+            f"SELECT last_seq FROM {self._table(LEDGER_TABLE)} WHERE outbox_id = {_uuid_literal(outbox_id)}"
+            " ORDER BY after_seq DESC LIMIT 1"
         )
-        return int(value or 0)
+        return int(text or 0)
+
+    async def _rows_text(self, query: str) -> str:
+        """Run ``query`` as ``COPY (query) TO STDOUT``: its rows as text lines in one round trip.
+
+        asyncpg fetches rows only through a prepared statement, and with the statement cache off
+        (poolers) that is two round trips: prepare, then execute. A COPY is a simple query. So
+        ``query`` takes no parameters: callers format in only values checked here.
+        """
+        chunks: list[bytes] = []
+
+        async def take(data: bytes) -> None:
+            chunks.append(bytes(data))
+
+        await self.conn.copy_from_query(query, output=take)
+        return b"".join(chunks).decode().strip()
 
     async def send(self, batch: Batch, set_aside: SetAside) -> SendResult:
         """Deliver a batch: fast path first, careful path if a row is refused or already there."""
@@ -152,10 +191,19 @@ class PostgresSink:
             if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == _LEDGER_KEY:
                 # this batch's ledger row is already there: a repeat, refused whole
                 return SendResult(already_shipped_to=await self._ledger_end(batch))
-            if refusal_kind(exc, routed.tables) not in ("row", "conflict"):
+            kind = refusal_kind(exc, routed.tables)
+            if classify(exc) == "lease":
+                raise LeaseLost(f"batch after seq {batch.after_seq} refused: {_one_line(exc)}") from None
+            if kind not in ("row", "conflict"):
                 raise
             log.info("batch after seq %d needs the careful path: %s", batch.after_seq, _one_line(exc))
         async with conn.transaction():
+            try:
+                await conn.execute(self._preamble(batch))
+            except asyncpg.PostgresError as exc:
+                if classify(exc) == "lease":
+                    raise LeaseLost(f"batch after seq {batch.after_seq} refused: {_one_line(exc)}") from None
+                raise
             if not await self._ledger(batch):
                 return SendResult(already_shipped_to=await self._ledger_end(batch))
             result = SendResult(rejected=list(routed.refused), added=0)
@@ -174,6 +222,9 @@ class PostgresSink:
         await self.partitions.ensure(self.conn, routed.tables)
         result = SendResult(rejected=list(routed.refused), added=0)
         async with self.conn.transaction():
+            await self.conn.execute(
+                local_settings(lock_timeout_s=self._lock_timeout, idle_timeout_s=self._batch_timeout)
+            )
             for table in routed.tables:
                 refused, added = await self._upsert_counted(table)
                 result.rejected += refused
@@ -199,23 +250,29 @@ class PostgresSink:
     async def _held(self, table: str, events: Sequence[Event]) -> set[str]:
         if not events:
             return set()
-        rows = await self.conn.fetch(
-            f"SELECT id::text FROM {table} WHERE id = ANY($1::uuid[])", [e.id for e in events]
-        )
-        return {r[0] for r in rows}
+        ids = ",".join(str(uuid.UUID(e.id)) for e in events)  # checked: formatted into the query
+        text = await self._rows_text(f"SELECT id::text FROM {self._table(table)} WHERE id = ANY('{{{ids}}}'::uuid[])")
+        return set(text.split())  # one round trip (a COPY), where a fetch is two with the cache off
 
     async def housekeeping(self, outbox_id: str, retention_s: float) -> None:
         """Drop ledger rows older than the retention, always keeping the newest."""
-        await self.conn.execute(
-            f"DELETE FROM {LEDGER_TABLE} WHERE outbox_id = $1"
-            " AND shipped_at < now() - make_interval(secs => $2)"
-            f" AND after_seq < (SELECT max(after_seq) FROM {LEDGER_TABLE} WHERE outbox_id = $1)",
-            outbox_id,
-            float(retention_s),
+        ledger, oid = self._table(LEDGER_TABLE), _uuid_literal(outbox_id)
+        await self.conn.execute(  # a simple query: one round trip, its lock waits bounded
+            f"{local_settings(lock_timeout_s=self._lock_timeout)}; DELETE FROM {ledger} WHERE outbox_id = {oid}"
+            f" AND shipped_at < now() - make_interval(secs => {float(retention_s)!r})"
+            f" AND after_seq < (SELECT max(after_seq) FROM {ledger} WHERE outbox_id = {oid})"
         )
         await self.partitions.housekeeping(self.conn)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _preamble(self, batch: Batch) -> str:
+        """The batch transaction's first statements: its time limits, then the lease's fence."""
+        settings = local_settings(
+            lock_timeout_s=self._lock_timeout, statement_timeout_s=self._batch_timeout, idle_timeout_s=self._batch_timeout
+        )
+        fence = "" if batch.lease is None else f"; {fence_sql(self.schema, batch.outbox_id, batch.lease)}"
+        return f"{settings}{fence}"
 
     async def _ledger(self, batch: Batch) -> bool:
         """Insert the batch's ledger row; False if that key is already taken (a repeat).
@@ -225,7 +282,7 @@ class PostgresSink:
         transaction it began itself.
         """
         status = await self.conn.execute(
-            f"{_LEDGER_INSERT} ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            f"{self._ledger_insert} ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             batch.outbox_id,
             batch.after_seq,
             batch.last_seq,
@@ -234,17 +291,17 @@ class PostgresSink:
         return bool(status.endswith(" 1"))
 
     async def _send_fast(self, batch: Batch, tables: list[Table]) -> None:
-        """The fast path: the ledger row and a plain COPY per table, in one transaction.
+        """The fast path: the fence, the ledger row and a plain COPY per table, in one transaction.
 
-        One round trip for the usual one-table batch: ``BEGIN; INSERT INTO ledger ..; COPY ..;
-        COMMIT`` as a single query (:mod:`shipper.pgcopy`). A repeat of a committed batch fails
+        One round trip for the usual one-table batch: ``BEGIN; SET LOCAL ..; SELECT fence(..);
+        INSERT INTO ledger ..; COPY ..; COMMIT`` as a single query (:mod:`shipper.pgcopy`). A repeat of a committed batch fails
         on the ledger's primary key before any row is sent. A simple query cannot take
         parameters, so the ledger's values are formatted in; each is an int or a UUID parsed and
         re-printed here, so nothing from outside reaches the SQL text.
         """
         outbox_id = str(uuid.UUID(batch.outbox_id))
         values = f"'{outbox_id}', {int(batch.after_seq)}, {int(batch.last_seq)}, {len(batch.events)}"
-        ledger = f"BEGIN; {_LEDGER_INSERT} ({values})"
+        ledger = f"BEGIN; {self._preamble(batch)}; {self._ledger_insert} ({values})"
         if not tables:  # every event refused before Postgres: only the ledger row
             await self.conn.execute(f"{ledger}; COMMIT")
             return
@@ -255,28 +312,30 @@ class PostgresSink:
                 table.name,
                 table.columns,
                 table.rows if text is None else (),
+                schema=self.schema,
+                intros=self._intros,
                 text=text,
                 before=ledger if i == 0 else "",
                 after="COMMIT" if i == len(tables) - 1 else "",
             )
 
     async def _ledger_end(self, batch: Batch) -> int:
-        value = await self.conn.fetchval(
-            f"SELECT last_seq FROM {LEDGER_TABLE} WHERE outbox_id = $1 AND after_seq = $2",
-            batch.outbox_id,
-            batch.after_seq,
-        )
-        return int(value)
-
-    async def _stage(self, table: Table) -> str:
-        name = f"_stage_{table.name}"
-        if name not in self._staged:
-            await self.conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {name} (LIKE {table.name} INCLUDING DEFAULTS)"
-                " ON COMMIT DELETE ROWS"
+        return int(
+            await self._rows_text(
+                f"SELECT last_seq FROM {self._table(LEDGER_TABLE)}"
+                f" WHERE outbox_id = {_uuid_literal(batch.outbox_id)} AND after_seq = {int(batch.after_seq)}"
             )
-            self._staged.add(name)
-        return name
+        )
+
+    async def _array_types(self, table: Table) -> list[str]:
+        """The table's columns' array types (``"pg_catalog"."jsonb"[]``, ...), asked once per connection."""
+        types = self._types.get(table.name)
+        if types is None:
+            cols = ", ".join(quote_ident(c) for c in table.columns)
+            statement = await self.conn.prepare(f"SELECT {cols} FROM {self._table(table.name)} LIMIT 0")
+            types = [f"{quote_ident(a.type.schema)}.{quote_ident(a.type.name)}[]" for a in statement.get_attributes()]
+            self._types[table.name] = types
+        return types
 
     async def _upsert_counted(self, table: Table) -> tuple[list[tuple[Event, str]], int]:
         """Upsert all of a table's rows; return the refused ones and how many rows were new."""
@@ -287,21 +346,21 @@ class PostgresSink:
     async def _upsert(
         self, table: Table, rows: list[tuple[Any, ...]], events: list[Event], added: list[int]
     ) -> list[tuple[Event, str]]:
-        """Move rows in through the staging table inside a savepoint; bisect on a refused row."""
+        """Insert rows from one array per column inside a savepoint; bisect on a refused row."""
         conn = self.conn
-        columns = ", ".join(table.columns)
-        stage = "" if table.spec is not None else await self._stage(table)
+        columns = ", ".join(quote_ident(c) for c in table.columns)
+        types = [] if table.spec is not None else await self._array_types(table)
+        arrays = ", ".join(f"${i}::{kind}" for i, kind in enumerate(types, 1))
         try:
             async with conn.transaction():  # a savepoint: a refusal undoes only this chunk
                 if table.spec is not None:  # a route's text rows, cast by Postgres
                     status = f"INSERT 0 {await insert_text(conn, self.router.schema, table, rows)}"
                 else:
-                    await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
                     status = await conn.execute(
-                        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {stage}"
-                        f" ON CONFLICT ({', '.join(table.conflict)}) DO NOTHING"
+                        f"INSERT INTO {self._table(table.name)} ({columns}) SELECT * FROM unnest({arrays})"
+                        f" ON CONFLICT ({', '.join(quote_ident(c) for c in table.conflict)}) DO NOTHING",
+                        *(list(column) for column in zip(*rows)),
                     )
-                    await conn.execute(f"TRUNCATE {stage}")
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if refusal_kind(exc, [table]) != "row":
                 raise
@@ -324,6 +383,10 @@ async def _rollback(conn: asyncpg.Connection) -> None:
             await conn.execute("ROLLBACK")
     except BaseException:
         conn.terminate()
+
+
+def _uuid_literal(value: str) -> str:
+    return f"'{uuid.UUID(value)}'"
 
 
 def _one_line(exc: BaseException) -> str:

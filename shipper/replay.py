@@ -16,7 +16,7 @@ import asyncpg
 
 from outbox import OutboxReader
 
-from .errors import SchemaError, ShipperError, classify
+from .errors import GrantError, SchemaError, ShipperError, classify, hint
 from .pgsink import PostgresSink
 from .sink import Sink
 
@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 __all__ = ["replay", "verify", "ReplayResult", "VerifyResult"]
 
-_CHUNK = 1000
+_CHUNK = 10_000  # events per upsert: each costs a few round trips, which count across a WAN
+_VERIFY_CHUNK = 20_000  # ids per check: one round trip each when none is missing
 
 
 @dataclass
@@ -61,6 +62,7 @@ async def replay(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
+    schema: str = "public",
     routes: Mapping[str, str] | None = None,
 ) -> ReplayResult:
     """Send the selected events (shipped ones too) again; ids already in Postgres are skipped.
@@ -72,7 +74,7 @@ async def replay(
     own = sink is None and not dry_run
     if own:
         assert dsn is not None, "replay needs a dsn or a sink"
-        sink = PostgresSink(dsn, routes=routes)
+        sink = PostgresSink(dsn, schema=schema, routes=routes)
     try:
         if sink is not None and not dry_run:
             await sink.open()
@@ -99,6 +101,7 @@ async def verify(
     *,
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
+    schema: str = "public",
     routes: Mapping[str, str] | None = None,
 ) -> VerifyResult:
     """Check that every shipped event still in the outbox is present in Postgres."""
@@ -107,10 +110,10 @@ async def verify(
     own = sink is None
     if sink is None:
         assert dsn is not None, "verify needs a dsn or a sink"
-        sink = PostgresSink(dsn, migrate=False, routes=routes)
+        sink = PostgresSink(dsn, migrate=False, schema=schema, routes=routes)
     try:
         await sink.open()
-        async for chunk in reader.iter_events(shipped_only=True, chunk=_CHUNK):
+        async for chunk in reader.iter_events(shipped_only=True, chunk=_VERIFY_CHUNK):
             result.checked += len(chunk)
             for event in await _wrapped(sink.missing(chunk)):
                 missing[event.topic] += 1
@@ -131,8 +134,11 @@ async def _wrapped(call: Awaitable[T]) -> T:
         return await call
     except asyncpg.PostgresError as exc:
         text = " ".join(str(exc).split())
-        if classify(exc) == "schema":
-            raise SchemaError(f"{text} (run `shipper migrate`?)") from None
-        raise ShipperError(f"Postgres refused: {text}") from None
+        kind = classify(exc)
+        if kind == "permission":
+            raise GrantError(f"Postgres refused: {text}{hint(exc, kind)}") from None
+        if kind == "schema":
+            raise SchemaError(f"{text}{hint(exc, kind)}") from None
+        raise ShipperError(f"Postgres refused: {text}{hint(exc, kind)}") from None
     except (OSError, asyncpg.InterfaceError) as exc:
         raise ShipperError(f"lost the connection to Postgres: {exc}") from None

@@ -16,7 +16,7 @@ the two can never lose them.
 from __future__ import annotations
 
 import json
-
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 
 from outbox import Event
 
+from .errors import LeaseLost
 from .routes import COMMAND_REQUIRED, Router
 from .rows import COMMAND_TOPIC, Routed
 
@@ -40,6 +41,7 @@ class Batch:
     after_seq: int
     last_seq: int
     events: Sequence[Event]
+    lease: str | None = None  # the holder token the sink fences the batch with (None: no fence)
     router: Router | None = field(default=None, compare=False, repr=False)  # None: built-in routes only
 
     @cached_property
@@ -72,14 +74,19 @@ class Sink(Protocol):
     async def close(self) -> None:
         """Disconnect; safe to call when not connected."""
 
-    async def try_lease(self, outbox_id: str) -> bool:
-        """Claim the right to ship this outbox; False while another shipper holds it."""
+    async def try_lease(self, outbox_id: str, holder: str, ttl: float, *, renew: bool = False) -> bool:
+        """Take this outbox's lease for ``ttl`` seconds (free or expired only), or with ``renew``
+        extend it while ``holder`` still holds it; False otherwise. :mod:`shipper.lease`."""
+
+    async def release_lease(self, outbox_id: str, holder: str) -> None:
+        """Expire the lease now if ``holder`` holds it."""
 
     async def position(self, outbox_id: str) -> int:
         """Return the highest seq of this outbox the sink has committed (0 if none)."""
 
     async def send(self, batch: Batch, set_aside: SetAside) -> SendResult:
-        """Deliver a batch atomically with its ledger key."""
+        """Deliver a batch atomically with its ledger key; with ``batch.lease`` set, only while that
+        holder holds the lease (else raise :class:`~shipper.errors.LeaseLost`, delivering nothing)."""
 
     async def upsert(self, events: Sequence[Event], set_aside: SetAside | None = None) -> SendResult:
         """Deliver events in any order, skipping ids already delivered."""
@@ -109,6 +116,7 @@ class InMemorySink:
         self.reject = reject
         self.down: BaseException | None = None
         self.sends = 0
+        self.leases: dict[str, tuple[str, float]] = {}  # outbox_id -> (holder, expiry, monotonic)
 
     def _check(self) -> None:
         if self.down is not None:
@@ -121,10 +129,31 @@ class InMemorySink:
     async def close(self) -> None:
         """Nothing to disconnect."""
 
-    async def try_lease(self, outbox_id: str) -> bool:
-        """Always granted: one process, one sink."""
+    async def try_lease(self, outbox_id: str, holder: str, ttl: float, *, renew: bool = False) -> bool:
+        """Take or renew the lease, like the Postgres row (expiry on this process's clock)."""
         self._check()
+        now = time.monotonic()
+        current = self.leases.get(outbox_id)
+        if renew:
+            if current is None or current[0] != holder:
+                return False
+        elif current is not None and current[1] > now:
+            return False
+        self.leases[outbox_id] = (holder, now + ttl)
         return True
+
+    async def release_lease(self, outbox_id: str, holder: str) -> None:
+        """Expire the lease now if ``holder`` holds it."""
+        current = self.leases.get(outbox_id)
+        if current is not None and current[0] == holder:
+            self.leases[outbox_id] = (holder, 0.0)
+
+    def _fence(self, batch: Batch) -> None:
+        if batch.lease is None:
+            return
+        current = self.leases.get(batch.outbox_id)
+        if current is None or current[0] != batch.lease or current[1] <= time.monotonic():
+            raise LeaseLost(f"this shipper no longer holds the lease on outbox {batch.outbox_id}")
 
     async def position(self, outbox_id: str) -> int:
         """Return the last seq the ledger records for this outbox."""
@@ -135,6 +164,7 @@ class InMemorySink:
         """Deliver a batch unless its ledger key is already taken."""
         self._check()
         self.sends += 1
+        self._fence(batch)
         key = (batch.outbox_id, batch.after_seq)
         if key in self.ledger:
             return SendResult(already_shipped_to=self.ledger[key])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from deadline import in_loop_deadline  # noqa: E402
+from pgbouncer import PgBouncer  # noqa: E402
 from pgserver import PgServer, start_server  # noqa: E402
 
 
@@ -27,6 +28,30 @@ def pg_server() -> Iterator[PgServer]:
     server = start_server()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server: PgServer) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction mode, pool of two, in front of the test Postgres."""
+    bouncer = PgBouncer(pg_server.dsn)
+    bouncer.start()
+    yield bouncer
+    bouncer.close()
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def via(request: pytest.FixtureRequest) -> str:
+    """Run a test both on a direct connection and through PgBouncer (transaction mode)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def route_dsn(via: str, request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Turn a test database's DSN into the one to ship through: itself, or via PgBouncer."""
+    if via == "direct":
+        return lambda dsn: dsn
+    bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+    return bouncer.dsn
 
 
 @pytest.fixture

@@ -236,9 +236,9 @@ def test_prune_deletes_old_shipped_events_and_never_pending_ones(cli: Cli, outbo
     run(mark_shipped(outbox_path, 6))
     path = str(outbox_path)
     kept = cli("outbox", "prune", path, "--older-than", "7d")
-    assert kept.code == 0 and "pruned 0 shipped events" in kept.stdout
+    assert kept.code == 0 and "pruned 0 events shipped before" in kept.stdout
     pruned = cli("outbox", "prune", path, "--older-than", "0s")
-    assert pruned.code == 0 and "pruned 6 shipped events created before" in pruned.stdout
+    assert pruned.code == 0 and "pruned 6 events shipped before" in pruned.stdout
     status = json.loads(cli("outbox", "status", path, "--json").stdout)
     assert (status["pending"], status["shipped"]) == (4, 0)
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -38,12 +39,16 @@ def test_migrate_creates_the_tables_and_can_run_again(cli: Cli, pg_dsn: str) -> 
     for _ in range(2):
         out = cli("shipper", "migrate", "--dsn", dsn)
         assert out.code == 0, out.stderr
-        assert f"outbox schema at version {SCHEMA_VERSION} on postgresql://" in out.stdout and ":***@" in out.stdout
+        assert f"outbox schema at version {SCHEMA_VERSION} in schema public on postgresql://" in out.stdout
+        assert ":***@" in out.stdout
         assert secret not in out.stdout + out.stderr
     assert run(rows_in(pg_dsn, "outbox_events")) == set() and run(rows_in(pg_dsn, "command_calls")) == set()
 
 
-def test_export_import_into_a_new_outbox_then_drain_ships_every_event_once(cli: Cli, tmp_path: Path, pg_dsn: str) -> None:
+def test_export_import_into_a_new_outbox_then_drain_ships_every_event_once(
+    cli: Cli, tmp_path: Path, pg_dsn: str, route_dsn: Callable[[str], str]
+) -> None:
+    ship = route_dsn(pg_dsn)  # direct, and through PgBouncer in transaction mode
     first, second = tmp_path / "first.db", tmp_path / "second.db"
     clicks = run(fill(first, 40, "clicks"))
     commands = run(fill(first, 10, "command_calls", discord_uid=7, command="queue"))
@@ -51,7 +56,7 @@ def test_export_import_into_a_new_outbox_then_drain_ships_every_event_once(cli: 
     assert cli("outbox", "export", str(first), "-o", str(dump)).code == 0
     assert "imported 50 events" in cli("outbox", "import", str(second), str(dump)).stdout
 
-    drained = cli("shipper", "drain", "--outbox", str(second), env={"OUTBOX_DSN": pg_dsn})
+    drained = cli("shipper", "drain", "--outbox", str(second), env={"OUTBOX_DSN": ship})
     assert drained.code == 0, drained.stderr
     assert drained.stdout.startswith("shipped 50 events to ")
     assert run(rows_in(pg_dsn, "outbox_events")) == set(clicks)
@@ -59,46 +64,49 @@ def test_export_import_into_a_new_outbox_then_drain_ships_every_event_once(cli: 
     status = json.loads(cli("outbox", "status", str(second), "--json").stdout)
     assert (status["pending"], status["shipped"], status["dead"]) == (0, 50, 0)
 
-    again = cli("shipper", "drain", "--outbox", str(second), "--dsn", pg_dsn, "--json")
+    again = cli("shipper", "drain", "--outbox", str(second), "--dsn", ship, "--json")
     assert json.loads(again.stdout) == {"shipped": 0, "pending": 0, "dead": 0, "refused": 0, "retries": 0, "timed_out": False}
     # importing the same events into yet another outbox and shipping them adds no duplicates
     third = tmp_path / "third.db"
     cli("outbox", "import", str(third), str(dump))
-    assert cli("shipper", "drain", "--outbox", str(third), "--dsn", pg_dsn).code == 0
+    assert cli("shipper", "drain", "--outbox", str(third), "--dsn", ship).code == 0
     assert len(run(rows_in(pg_dsn, "outbox_events"))) == 40 and len(run(rows_in(pg_dsn, "command_calls"))) == 10
 
 
-def test_verify_reports_rows_lost_in_postgres_and_replay_restores_them(cli: Cli, outbox_path: Path, pg_dsn: str) -> None:
+def test_verify_reports_rows_lost_in_postgres_and_replay_restores_them(
+    cli: Cli, outbox_path: Path, pg_dsn: str, route_dsn: Callable[[str], str]
+) -> None:
+    ship = route_dsn(pg_dsn)  # direct, and through PgBouncer in transaction mode
     clicks = run(fill(outbox_path, 30, "clicks"))
     commands = run(fill(outbox_path, 5, "command_calls", discord_uid=9, command="rank"))
     path = str(outbox_path)
-    assert cli("shipper", "drain", "--outbox", path, env={"DATABASE_URL": pg_dsn}).code == 0  # the fallback variable
-    ok = cli("outbox", "verify", path, "--dsn", pg_dsn)
+    assert cli("shipper", "drain", "--outbox", path, env={"DATABASE_URL": ship}).code == 0  # the fallback variable
+    ok = cli("outbox", "verify", path, "--dsn", ship)
     assert ok.code == 0 and "checked 35 shipped events" in ok.stdout and "all present" in ok.stdout
 
     lost = set(clicks[3:10]) | set(commands[:2])  # Postgres restored to a backup without these
     run(execute(pg_dsn, "DELETE FROM outbox_events WHERE id IN (%s)" % ",".join(f"'{i}'" for i in clicks[3:10])))
     run(execute(pg_dsn, "DELETE FROM command_calls WHERE id IN (%s)" % ",".join(f"'{i}'" for i in commands[:2])))
-    missing = cli("outbox", "verify", path, "--dsn", pg_dsn)
+    missing = cli("outbox", "verify", path, "--dsn", ship)
     missing.assert_one_error_line(1, "9 shipped events are missing from Postgres", "outbox replay")
     assert "9 missing" in missing.stdout
     assert "clicks  7 missing" in missing.stdout and "command_calls  2 missing" in missing.stdout
-    report = json.loads(cli("outbox", "verify", path, "--json", env={"OUTBOX_DSN": pg_dsn}).stdout)
+    report = json.loads(cli("outbox", "verify", path, "--json", env={"OUTBOX_DSN": ship}).stdout)
     assert report["missing"] == {"clicks": 7, "command_calls": 2} and set(report["missing_ids"]) == lost
     assert report["ok"] is False and report["checked"] == 35
 
-    dry = cli("outbox", "replay", path, "--dsn", pg_dsn, "--dry-run")
+    dry = cli("outbox", "replay", path, "--dsn", ship, "--dry-run")
     assert dry.code == 0 and "would send 35 events" in dry.stdout and "clicks  30" in dry.stdout
     assert len(run(rows_in(pg_dsn, "outbox_events"))) == 23  # a dry run sends nothing
 
-    only = json.loads(cli("outbox", "replay", path, "--dsn", pg_dsn, "--topic", "command_calls", "--json").stdout)
+    only = json.loads(cli("outbox", "replay", path, "--dsn", ship, "--topic", "command_calls", "--json").stdout)
     assert only["selected"] == 5 and only["by_topic"] == {"command_calls": 5} and only["refused"] == 0
     assert run(rows_in(pg_dsn, "command_calls")) == set(commands)
-    replayed = cli("outbox", "replay", path, "--dsn", pg_dsn, "--since", "1h", "--until", "now")
+    replayed = cli("outbox", "replay", path, "--dsn", ship, "--since", "1h", "--until", "now")
     assert replayed.code == 0 and "replayed 35 events" in replayed.stdout
     assert run(rows_in(pg_dsn, "outbox_events")) == set(clicks)
-    assert cli("outbox", "verify", path, "--dsn", pg_dsn).code == 0
-    twice = cli("outbox", "replay", path, "--dsn", pg_dsn)  # idempotent: nothing doubles
+    assert cli("outbox", "verify", path, "--dsn", ship).code == 0
+    twice = cli("outbox", "replay", path, "--dsn", ship)  # idempotent: nothing doubles
     assert twice.code == 0 and len(run(rows_in(pg_dsn, "outbox_events"))) == 30
 
 

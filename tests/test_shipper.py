@@ -13,10 +13,11 @@ import asyncpg
 import pytest
 
 from outbox import Outbox, OutboxReader
+from pgbouncer import PgBouncer
 from pgproxy import PgProxy
 from pgserver import PgServer
 from shipper import SCHEMA_VERSION, InMemorySink, PostgresSink, SchemaError, Shipper, migrate
-from shipper.errors import classify
+from shipper.errors import LeaseLost, classify
 from shipper.sink import Batch, Sink
 
 COMMAND = {
@@ -70,7 +71,7 @@ async def test_events_route_to_their_tables_with_typed_columns(outbox_path: Path
 
 
 async def test_migrate_is_idempotent_and_versioned(pg_dsn: str) -> None:
-    assert await migrate(pg_dsn) == SCHEMA_VERSION == 2
+    assert await migrate(pg_dsn) == SCHEMA_VERSION == 3
     assert await migrate(pg_dsn) == SCHEMA_VERSION
     conn = await asyncpg.connect(pg_dsn)
     try:
@@ -341,9 +342,15 @@ class SinkContract:
             async with OutboxReader(path) as reader:
                 events = await reader.read_pending(100)
                 oid = reader.outbox_id
-            assert await sink.try_lease(oid)
+            assert await sink.try_lease(oid, "a", 30.0)
+            assert not await sink.try_lease(oid, "b", 30.0)  # held: the second shipper stands by
+            assert not await sink.try_lease(oid, "b", 30.0, renew=True)  # renewing is for the holder only
+            assert await sink.try_lease(oid, "a", 30.0, renew=True)
             assert await sink.position(oid) == 0
-            first = Batch(oid, 0, events[3].seq, events[:4])
+            with pytest.raises(LeaseLost):  # fenced: refused whole, the ledger row included
+                await sink.send(Batch(oid, 0, events[3].seq, events[:4], lease="b"), keep)
+            assert await sink.position(oid) == 0
+            first = Batch(oid, 0, events[3].seq, events[:4], lease="a")
             result = await sink.send(first, keep)
             assert (result.shipped, result.rejected, result.already_shipped_to) == (4, [], None)
             again = await sink.send(Batch(oid, 0, events[2].seq, events[:3]), keep)
@@ -355,6 +362,12 @@ class SinkContract:
             redo = await sink.upsert(events[:7])
             assert redo.shipped == 7 and not redo.rejected
             assert [e.id for e in await sink.missing(events)] == [events[-1].id]
+            await sink.release_lease(oid, "b")  # not the holder: nothing happens
+            assert not await sink.try_lease(oid, "b", 30.0)
+            await sink.release_lease(oid, "a")  # a clean stop: free at once
+            assert await sink.try_lease(oid, "b", 30.0)
+            with pytest.raises(LeaseLost):
+                await sink.send(Batch(oid, events[-1].seq, events[-1].seq + 1, events[-1:], lease="a"), keep)
         finally:
             await sink.close()
 
@@ -373,6 +386,17 @@ class TestPostgresSinkStatementByStatement(SinkContract):
 
     async def make(self, dsn: str) -> Sink:
         return PostgresSink(dsn)
+
+
+class TestPostgresSinkThroughPgBouncer(SinkContract):
+    """The same sink through a real PgBouncer in transaction mode, pool of two."""
+
+    @pytest.fixture(autouse=True)
+    def _bouncer(self, pgbouncer: PgBouncer) -> None:
+        self.bouncer = pgbouncer
+
+    async def make(self, dsn: str) -> Sink:
+        return PostgresSink(self.bouncer.dsn(dsn))
 
 
 class TestInMemorySink(SinkContract):

@@ -1,6 +1,6 @@
 """A sidecar shipper for the crash tests: ships PATH to DSN until SIGTERM, then drains and exits 0.
 
-Usage: python sidecar.py PATH DSN [BATCH_SIZE]. Prints "ready" once shipping has started.
+Usage: python sidecar.py PATH DSN [BATCH_SIZE [LEASE_TTL]]. Prints "ready" once shipping has started.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 from shipper import Shipper
 
 
-async def main(path: str, dsn: str, batch_size: int) -> None:
-    shipper = Shipper(path, dsn, batch_size=batch_size, flush_interval=0.02, stop_timeout=30)
+async def main(path: str, dsn: str, batch_size: int, lease_ttl: float) -> None:
+    shipper = Shipper(path, dsn, batch_size=batch_size, flush_interval=0.02, stop_timeout=30, lease_ttl=lease_ttl)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shipper.request_stop)
@@ -26,4 +26,5 @@ async def main(path: str, dsn: str, batch_size: int) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 500))
+    batch = int(sys.argv[3]) if len(sys.argv) > 3 else 500
+    asyncio.run(main(sys.argv[1], sys.argv[2], batch, float(sys.argv[4]) if len(sys.argv) > 4 else 30.0))

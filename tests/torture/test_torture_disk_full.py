@@ -173,3 +173,29 @@ async def test_started_on_a_full_disk(
         subprocess.run(["umount", "-l", str(disk)], check=False)
     tally.faults, tally.fault = 1, "sidecar started on a full disk"
     await tally.settle(pg_dsn, acked)
+
+
+async def test_sigterm_while_waiting_for_room_exits_0(tmp_path: Path, pg_dsn: str, subprocess_env: dict[str, str]) -> None:
+    """``shipper run`` stopped while it waits on a full disk: exit 0, as at any other moment
+    (its SIGTERM handler used to be installed only after it had opened the outbox: -15)."""
+    disk = tmp_path / "small"
+    mount_tmpfs(disk, "16m")
+    path = disk / "events.db"
+    try:
+        async with Outbox(path) as ob:
+            for i in range(100):
+                await ob.append("t", keyed("before", i))
+        heavy = ballast(disk, 0)
+        sidecar = ShipperRun(path, pg_dsn, tmp_path, subprocess_env, "--flush-interval", "0.02")
+        try:
+            for _ in range(300):
+                if "is full" in sidecar.output() or sidecar.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert sidecar.proc.poll() is None and "is full" in sidecar.output(), sidecar.output()[-1500:]
+        finally:
+            code = sidecar.terminate(timeout=60)
+        assert code == 0, sidecar.output()[-1500:]
+        heavy.unlink()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -29,7 +29,8 @@ class Alteration:
 
 
 ALTERATIONS = [
-    Alteration("table_dropped", ("DROP TABLE outbox_events",), 'relation "outbox_events" does not exist'),
+    # statements name their tables with the schema: the error says relation "public.outbox_events"
+    Alteration("table_dropped", ("DROP TABLE outbox_events",), 'outbox_events" does not exist'),
     Alteration("column_dropped", ("ALTER TABLE outbox_events DROP COLUMN payload",), 'column "payload"'),
     Alteration(
         "not_null_column_added",
