@@ -17,6 +17,7 @@ import logging
 
 import asyncpg
 
+from .catalog import literal as _literal
 from .connection import connect, quote_ident
 from .errors import LEASE_LOST_STATE, GrantError, SchemaError, ShipperError, grant_for
 
@@ -147,10 +148,6 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _current_query(schema: str) -> tuple[str, int]:
     """One simple query whose row count says whether ``schema`` is current, and that count."""
     pairs = [(t, c) for t, cols in _REQUIRED.items() for c in cols]
@@ -179,6 +176,13 @@ async def is_current(conn: asyncpg.Connection, schema: str = DEFAULT_SCHEMA) -> 
     except asyncpg.PostgresError:
         return False
     return bool(status == f"SELECT {expected}")
+
+
+def current_sql(schema: str = DEFAULT_SCHEMA) -> str:
+    """:func:`is_current`'s check as a boolean SQL expression, for a sink to fold into its start-up
+    read (which then fails, as :func:`is_current` would answer False, on a missing table)."""
+    query, expected = _current_query(schema)
+    return f"(SELECT count(*) = {expected} FROM ({query}) AS current)"
 
 
 async def _restore_columns(conn: asyncpg.Connection) -> None:

@@ -22,9 +22,11 @@ import datetime
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import asyncpg
 
+from .catalog import literal, read_json, text_array
 from .errors import SchemaError
 from .migrate import COMMAND_TABLE, EVENT_TABLE
 from .routes import qualify, quote_ident
@@ -86,24 +88,32 @@ def _gaps(lo: int, hi: int, bounds: Iterable[tuple[int, int]]) -> list[tuple[int
     return gaps
 
 
-async def _bounds(conn: asyncpg.Connection, schema: str, tables: Sequence[str]) -> dict[str, list[tuple[str, int, int]]]:
-    """Each table's partitions as ``(name, from_us, to_us)``; MINVALUE/MAXVALUE as far ends."""
-    rows = await conn.fetch(
-        "SELECT p.relname::text, c.relname::text, pg_get_expr(c.relpartbound, c.oid),"
+def _bounds_sql(schema: str, tables: Sequence[str]) -> str:
+    """A ``json`` expression: the partitions of ``tables`` as ``[parent, name, bound, from_us, to_us]``."""
+    return (
+        "(SELECT json_agg(json_build_array(p.relname::text, c.relname::text, pg_get_expr(c.relpartbound, c.oid),"
         " (SELECT (extract(epoch FROM m[1]::timestamptz) * 1000000)::bigint"
         "   FROM regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']*)''\\)') AS m),"
         " (SELECT (extract(epoch FROM m[1]::timestamptz) * 1000000)::bigint"
-        "   FROM regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']*)''\\)') AS m)"
+        "   FROM regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']*)''\\)') AS m)))"
         " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent"
-        " JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = $1 AND p.relname = ANY($2::text[])",
-        schema,
-        list(tables),
+        f" JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = {literal(schema)}"
+        f" AND p.relname = ANY({text_array(tables)}))"
     )
+
+
+def _bounds_of(tables: Sequence[str], rows: Sequence[Sequence[Any]] | None) -> dict[str, list[tuple[str, int, int]]]:
+    """Each table's partitions as ``(name, from_us, to_us)``; MINVALUE/MAXVALUE as far ends."""
     found: dict[str, list[tuple[str, int, int]]] = {t: [] for t in tables}
-    for parent, name, expr, lo, hi in rows:
-        if expr != "DEFAULT":
+    for parent, name, expr, lo, hi in rows or ():
+        if expr != "DEFAULT" and parent in found:
             found[parent].append((name, -_FAR if lo is None else lo, _FAR if hi is None else hi))
     return found
+
+
+async def _bounds(conn: asyncpg.Connection, schema: str, tables: Sequence[str]) -> dict[str, list[tuple[str, int, int]]]:
+    """Each table's partitions, read in one round trip."""
+    return _bounds_of(tables, await read_json(conn, _bounds_sql(schema, tables)))
 
 
 class Partitions:
@@ -128,15 +138,28 @@ class Partitions:
 
     async def load(self, conn: asyncpg.Connection, tables: Sequence[str]) -> None:
         """Read which of ``tables`` are partitioned, by what period, and their partitions."""
-        if await conn.fetchval("SELECT to_regclass($1)", qualify(self.schema, REGISTRY)) is None:
+        await self.apply(conn, tables, await read_json(conn, self.catalog_sql(tables)))
+
+    def catalog_sql(self, tables: Sequence[str]) -> str:
+        """The catalog part of :meth:`load`, one ``json`` expression (a sink folds it into its
+        start-up query): whether the registry exists, and the partitions of ``tables``."""
+        registry = literal(qualify(self.schema, REGISTRY))
+        return f"json_build_array(to_regclass({registry}) IS NOT NULL, {_bounds_sql(self.schema, tables)})"
+
+    async def apply(self, conn: asyncpg.Connection, tables: Sequence[str], found: Sequence[Any]) -> None:
+        """Take what :meth:`catalog_sql` read; with a registry, read its periods (one more round trip)."""
+        registered, bounds = found
+        if not registered:  # the usual case: nothing partitioned, no more to read
             self.periods, self.bounds = {}, {}
             return
-        rows = await conn.fetch(
-            f"SELECT table_name, period FROM {qualify(self.schema, REGISTRY)} WHERE table_name = ANY($1::text[])",
-            list(tables),
+        rows = await read_json(
+            conn,
+            f"(SELECT json_agg(json_build_array(table_name, period)) FROM {qualify(self.schema, REGISTRY)}"
+            f" WHERE table_name = ANY({text_array(tables)}))",
         )
-        self.periods = {r[0]: r[1] for r in rows}
-        self.bounds = await _bounds(conn, self.schema, list(self.periods))
+        self.periods = {r[0]: r[1] for r in rows or ()}
+        every = _bounds_of(tables, bounds)
+        self.bounds = {t: every[t] for t in self.periods}
 
     def _covers(self, table: str, us: int) -> bool:
         return any(lo <= us < hi for _, lo, hi in self.bounds.get(table, ()))
@@ -161,6 +184,9 @@ class Partitions:
         if not starts:
             return 0
         period = self.periods[table]
+        known = [(a, b) for _, a, b in self.bounds.get(table, ())]
+        if not any(_gaps(start, period_end(period, start), known) for start in starts):
+            return 0  # all there already (housekeeping's usual case): no lock, no round trip
         made = 0
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)

@@ -30,11 +30,12 @@ import asyncpg
 
 from outbox import Event
 
+from .catalog import read_json
 from .connection import connect, local_settings, qualified, quote_ident
 from .dsn import redact_dsn
-from .errors import LeaseLost, classify
+from .errors import GrantError, LeaseLost, classify, grant_for
 from .lease import fence_sql, release_sql, renew_sql, take_sql
-from .migrate import DEFAULT_SCHEMA, EVENT_TABLE, LEDGER_TABLE, ensure_schema
+from .migrate import DEFAULT_SCHEMA, EVENT_TABLE, LEDGER_TABLE, current_sql, ensure_schema
 from .pgcopy import copy_with_statements
 from .partitions import Partitions
 from .refusals import column_at_fault, insert_text, refusal_kind
@@ -106,17 +107,37 @@ class PostgresSink:
             return
         conn = await connect(self.dsn, command_timeout=self._command_timeout)
         try:
-            if self._migrate and not self._migrated:
-                await ensure_schema(conn, self.schema, lock_timeout_s=self._lock_timeout)
-                self._migrated = True
-            await self.router.load(conn)  # on every connect: a schema error reconnects, so re-reads
-            await self.partitions.load(conn, self.router.tables)
+            # on every connect (a schema error reconnects, so re-reads): one read for the schema
+            # check, the routes and the partitions; a migration (and a second read) only if needed
+            check = self._migrate and not self._migrated
+            found = await self._startup_read(conn, check)
+            if check and (found is None or not found[2]):
+                await ensure_schema(conn, self.schema, lock_timeout_s=self._lock_timeout, check_first=False)
+                found = await self._startup_read(conn, False)
+            assert found is not None
+            self._migrated = self._migrated or self._migrate
+            self.router.apply(found[0])
+            await self.partitions.apply(conn, self.router.tables, found[1])
         except BaseException:
             conn.terminate()
             raise
         self._conn = conn
         self._types = {}
         self._intros = {}
+
+    async def _startup_read(self, conn: asyncpg.Connection, check: bool) -> list[Any] | None:
+        """``[routes' catalog, partitions' catalog, schema current?]`` in one round trip; with
+        ``check``, None if the check failed (a table missing: the schema is not current)."""
+        tables = self.router.tables
+        parts = [self.router.catalog_sql(), self.partitions.catalog_sql(tables)]
+        if not check:
+            return list(await read_json(conn, f"json_build_array({', '.join(parts)})"))
+        try:
+            return list(await read_json(conn, f"json_build_array({', '.join(parts)}, {current_sql(self.schema)})"))
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise GrantError(f"{exc}: {grant_for(str(exc))}") from None
+        except asyncpg.PostgresError:
+            return None
 
     async def close(self) -> None:
         """Close the connection (a transaction in flight is rolled back by Postgres)."""

@@ -31,6 +31,7 @@ import asyncpg
 from outbox import Event
 from outbox.payload import compact_json
 
+from .catalog import read_json, text_array
 from .copyrows import Encoder, compile_encoder
 from .errors import SchemaError
 from .migrate import COMMAND_TABLE, EVENT_TABLE
@@ -177,16 +178,24 @@ class Router:
 
     async def load(self, conn: asyncpg.Connection) -> None:
         """Read every routed table's columns and keys from the catalog; RouteError if one is unusable."""
+        self.apply(await read_json(conn, self.catalog_sql()))  # one round trip
+
+    def catalog_sql(self) -> str:
+        """The catalog read :meth:`load` makes, as one ``json`` expression (values quoted in), so
+        that a sink can fold it into its start-up query."""
+        names = self.tables
+        return _CATALOG.format(names=text_array(names), qualified=text_array(qualify(self.schema, n) for n in names))
+
+    def apply(self, found: Sequence[Sequence[Any]] | None) -> None:
+        """Take the specs from what :meth:`catalog_sql` read; RouteError if a table is unusable."""
         specs: dict[str, TableSpec] = {}
         conflicts: dict[str, tuple[str, ...]] = {}
-        names = self.tables
-        found = await conn.fetch(_CATALOG, names, [qualify(self.schema, n) for n in names])  # one round trip
-        for name, exists, columns, keys in found:
+        for name, exists, columns, keys in found or ():
             where = (
                 f"table {self.schema}.{name}" if name in (EVENT_TABLE, COMMAND_TABLE)
                 else f"route {self._topic_of(name)} -> {self.schema}.{name}"
             )
-            spec = read_spec(where, name, exists, json.loads(columns or "[]"), json.loads(keys or "[]"))
+            spec = read_spec(where, name, exists, columns or [], keys or [])
             conflicts[name] = spec.conflict
             if name != EVENT_TABLE:
                 specs[name] = spec
@@ -228,20 +237,21 @@ class Router:
         return routed
 
 
-# Every routed table's columns and unique keys, as JSON, in one query.
+# Every routed table's columns and unique keys, as one JSON array of [name, exists, columns, keys].
 _CATALOG = """
-SELECT t.name, c.oid IS NOT NULL,
+(SELECT json_agg(json_build_array(t.name, c.oid IS NOT NULL,
   (SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, NULL), a.attnotnull,
             a.atthasdef OR a.attidentity = 'd', ty.typcategory = 'A', a.attgenerated <> '' OR a.attidentity = 'a')
-          ORDER BY a.attnum)::text
+          ORDER BY a.attnum)
      FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
-  (SELECT json_agg(k.cols)::text FROM (
+  (SELECT json_agg(k.cols) FROM (
       SELECT array_agg(a.attname::text ORDER BY u.ord) AS cols FROM pg_index i
        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS u(attnum, ord)
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum
-       WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL GROUP BY i.indexrelid) AS k)
-FROM unnest($1::text[], $2::text[]) AS t(name, qualified) LEFT JOIN pg_class c ON c.oid = to_regclass(t.qualified)
+       WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL GROUP BY i.indexrelid) AS k)) ORDER BY t.ord)
+FROM unnest({names}, {qualified}) WITH ORDINALITY AS t(name, qualified, ord)
+LEFT JOIN pg_class c ON c.oid = to_regclass(t.qualified))
 """
 
 

@@ -6,6 +6,7 @@ proxy (tests/delayproxy.py) instead of timing anything.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -185,9 +186,49 @@ async def test_round_trips_are_few_and_counted(outbox_path: Path, pg_dsn: str) -
         assert await sink.missing(events) == []
         assert proxy.turns == 1  # verify's check: one query (a COPY) per table, here outbox_events only
         await sink.close()
-    # was ~13 (type introspection, CREATE TABLE IF NOT EXISTS x 3, ...): the handshake (2), the
-    # catalog check (1), and the routes' and partitions' catalog reads (2 each: fetches, prepared)
-    assert opened <= 7, opened
+    # was ~13 (type introspection, CREATE TABLE IF NOT EXISTS x 3, ...), then 7: the handshake (2)
+    # and one start-up read (a COPY: the schema check, the routes' columns, the partitions)
+    assert opened <= 3, opened
+
+
+async def test_a_batch_into_partitions_that_are_there_is_one_round_trip(outbox_path: Path, pg_dsn: str) -> None:
+    """Partitions.ensure checks a batch's times against the partitions read at start: no query."""
+    await migrate(pg_dsn, partition="monthly")
+    await fill(outbox_path, 100)
+    async with OutboxReader(outbox_path) as reader:
+        oid, events = reader.outbox_id, await reader.read_pending(100)
+    async with DelayProxy(pg_dsn) as proxy:
+        sink = PostgresSink(proxy.dsn())
+        await sink.open()
+        assert sink.partitions.periods == {"outbox_events": "monthly", "command_calls": "monthly"}
+        proxy.reset()
+        await sink.send(Batch(oid, 0, events[-1].seq, events), _nothing)
+        assert proxy.turns == 1
+        await sink.close()
+
+
+async def test_an_empty_drain_is_a_few_round_trips_partitioned_or_not(
+    outbox_path: Path, pg_dsn: str, subprocess_env: dict[str, str]
+) -> None:
+    """The whole fixed cost of a cron drain, as a process: connect, the start-up catalog read
+    (schema check, routes' columns, partitions: one query), lease, position, release."""
+    await migrate(pg_dsn)
+    await fill(outbox_path, 1)
+    cli = Cli("script", subprocess_env)
+    assert cli("shipper", "drain", "--outbox", str(outbox_path), "--dsn", pg_dsn).code == 0
+    trips = {}
+    for partitioned in (False, True):
+        if partitioned:
+            await migrate(pg_dsn, partition="monthly", move_rows=True)
+        async with DelayProxy(pg_dsn) as proxy:
+            drained = await asyncio.to_thread(cli, "shipper", "drain", "--outbox", str(outbox_path), "--dsn", proxy.dsn())
+            assert drained.code == 0, drained.stderr
+            trips[partitioned] = proxy.turns
+    # the handshake (2), the start-up read (1; 2 with a partition registry), the lease (1), the
+    # position (1), the ledger's housekeeping (1), the release (1), the goodbye (1)
+    # was 12 unpartitioned and 28 partitioned (fetches prepared: two round trips each; housekeeping
+    # locking to make partitions that were there already)
+    assert trips[False] <= 8 and trips[True] <= trips[False] + 1, trips
 
 
 async def _nothing(failures: object) -> None:
