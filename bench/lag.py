@@ -1,7 +1,8 @@
 """Append-to-Postgres lag: how long after ``append`` returns an event is visible in Postgres.
 
 A child process appends command events at a steady rate (:mod:`bench.procs.pacer`) while the
-shipper runs either in that same process (``Shipper(outbox=ob)``, woken by each append) or as a
+shipper runs either in that same process (``Shipper(outbox=ob)``, woken by appends, gathering
+those that keep coming for up to 10 ms, see :mod:`shipper.wakeup`) or as a
 sidecar process (:mod:`bench.procs.sidecar`, polling every ``flush_interval``, default 50 ms).
 Visibility is learnt from Postgres itself (:mod:`bench.watch`): a NOTIFY sent by each ledger row
 arrives when its batch commits. Each event's lag is that arrival minus its ``created_at`` (the
@@ -187,13 +188,15 @@ async def run(ctx: Context) -> Section:
         f"p50 {fmt_us(percentile(probes, 50))}, p99 {fmt_us(percentile(probes, 99))} from the request "
         "to their arrival. The lags above include that much; under load it can be more.",
         "At 10,000/s the appender's pacing is bursty: asyncio sleeps in whole milliseconds, so events "
-        "are appended about ten at a time; the in-process shipper is woken by each burst.",
+        "are appended about ten at a time.",
         "The sidecar looks for new events every `flush_interval` (50 ms) when idle. After a batch "
         "that found events it looks again at once, but a small batch ships faster than events arrive "
         "even at 10,000/s, so within a few milliseconds it finds nothing and waits the full interval "
         "again: its lag is spread over 0-50 ms plus a batch's shipping time at every rate here. The "
-        "in-process shipper is woken by each append instead, and at 100 and 1,000/s ships one event "
-        "per batch.",
+        "in-process shipper is woken by appends instead: the first after a quiet spell ships at once, "
+        "and while the rate says another will come within 10 ms it waits until the first is 10 ms old "
+        "(or a batch's worth has come), so its lag is about 10 ms plus a batch's shipping time at "
+        "rates of 100/s and up, for a tenth of the batches (see the inprocess section for the CPU).",
         "The trigger that sends the NOTIFY runs in the shipper's transaction: one `pg_notify` per "
         "batch, small next to the COPY, but it is there.",
     ]
@@ -210,7 +213,7 @@ def _intro(seconds: float, repeats: int) -> str:
     return (
         f"A child process appends command events at 100, 1,000 and 10,000 per second for {seconds:g} s "
         "while a shipper ships them: **in-process** (`Shipper(path, dsn, outbox=ob)` on the appender's "
-        "own event loop, woken by every append) or a **sidecar** (`Shipper(path, dsn)` with its defaults "
+        "own event loop, woken by its appends) or a **sidecar** (`Shipper(path, dsn)` with its defaults "
         "in a process of its own, as `shipper run` runs it; it polls every 50 ms when idle). Before "
         "timing starts, 20 warm-up events are shipped, so connections are up. Visibility is measured "
         "in Postgres: a trigger on the ledger (written in the same transaction as the batch's rows) "

@@ -22,6 +22,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     # Shipping (issue 6, parts 2-6): child processes under bench/procs/ do the work.
     Benchmark(name="ship", title="Shipping throughput vs raw COPY", target="bench.ship:run", needs_postgres=True),
     Benchmark(name="lag", title="Append-to-Postgres lag", target="bench.lag:run", needs_postgres=True),
+    Benchmark(name="inprocess", title="The in-process shipper's cost to the bot's process", target="bench.inprocess:run",
+              needs_postgres=True),
     Benchmark(name="outage", title="Lag through a Postgres outage", target="bench.outage:run", needs_postgres=True),
     Benchmark(name="scale", title="Several outboxes into one Postgres", target="bench.scale:run", needs_postgres=True),
     Benchmark(name="discord", title="The discord.py command path, end to end", target="bench.discord_path:run",

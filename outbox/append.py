@@ -31,6 +31,7 @@ import os
 import sqlite3
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +42,7 @@ from .errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFu
 from .ids import uuid7
 from .payload import check_topic, encode_payload
 
-__all__ = ["Outbox", "Durability"]
+__all__ = ["Outbox", "Durability", "find_open"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class Outbox:
             conn = self._connect(sync)
         self._conn = conn
         self._cursor = conn.cursor()
+        _open[self] = asyncio.get_running_loop()
         self._power = self.durability == "power"
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")
         return self
@@ -201,6 +203,7 @@ class Outbox:
         if self._closed:
             return
         self._closed = True
+        _open.pop(self, None)
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
         if self._checkpointing is not None:
@@ -444,6 +447,23 @@ def _directory_lock(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+# This process's open outboxes and the loop each was opened on, for find_open.
+_open: weakref.WeakKeyDictionary[Outbox, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
+
+
+def find_open(path: str | os.PathLike[str]) -> Outbox | None:
+    """Return an open :class:`Outbox` of the file ``path`` on the running event loop, if any.
+
+    A shipper started in the bot's process finds the bot's outbox this way and is woken by its
+    appends (its listeners run on that loop), instead of polling the file.
+    """
+    where, loop = Path(path).resolve(), asyncio.get_running_loop()
+    for ob, opened_on in list(_open.items()):
+        if opened_on is loop and not ob.closed and ob.path.resolve() == where:
+            return ob
+    return None
 
 
 _QUARANTINE_SUFFIXES = ("-wal", "-shm", "-ship", "-ship-wal", "-ship-shm", "")  # the file itself last

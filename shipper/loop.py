@@ -1,8 +1,9 @@
 """The shipping loop: read a batch, send it, record progress; survive everything in between.
 
 One loop per outbox file, in the bot's process (woken by its appends) or in a sidecar (polling
-every ``flush_interval``). It ships at once when idle; batches grow only while a backlog waits
-(:mod:`shipper.batching`). Only the holder of the outbox's lease (a Postgres row that expires,
+every ``flush_interval``). It ships at once when idle; batches grow while a backlog waits
+(:mod:`shipper.batching`) and, in the bot's process, while appends keep coming (:mod:`shipper.wakeup`
+gathers them for a few ms). Only the holder of the outbox's lease (a Postgres row that expires,
 :mod:`shipper.lease`) ships; a second shipper started by mistake stands by, says so, and takes
 over within about one TTL if the first one dies or freezes. Even without the lease the ledger
 refuses a batch shipped twice, so a mistake costs time, never a duplicate.
@@ -23,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from outbox import Outbox, OutboxClosedError, OutboxCorruptError, OutboxError, OutboxReader
+from outbox.append import find_open
 from outbox.maintenance import checkpoint, prune
 
 from . import forks
@@ -35,6 +37,7 @@ from .metrics import Metrics
 from .pgsink import PostgresSink
 from .room import Room, open_when_room
 from .sink import Batch, Sink
+from .wakeup import LINGER_S, Wakeup
 
 __all__ = ["Shipper", "ShipperStats"]
 
@@ -70,7 +73,8 @@ class Shipper:
     retention_s:
         How long shipped events stay in the outbox for replay before pruning.
     outbox:
-        An open :class:`Outbox` in this process: its appends wake the loop at once.
+        An open :class:`Outbox` in this process: its appends wake the loop (see
+        :mod:`shipper.wakeup`). By default, one open on the same file in this process is found.
     metrics_port:
         Serve Prometheus metrics on ``metrics_addr:port``.
     metrics_addr:
@@ -139,7 +143,7 @@ class Shipper:
         self._room = Room(self.reader)
         self.stats = ShipperStats()
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._wakeup = Wakeup(linger=min(LINGER_S, flush_interval), full=batch_size)
         self._progress = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -168,8 +172,10 @@ class Shipper:
             return
         if not await open_when_room(self.reader, self._stop_requested):  # a full disk: wait, not exit
             return
+        if self._outbox is None:
+            self._outbox = find_open(self.path)
         if self._outbox is not None:
-            self._outbox.add_listener(self._wake.set)
+            self._outbox.add_listener(self._wakeup.notify)
         if self._metrics is not None:
             self._metrics.start()
         if self._gauges is not None:
@@ -181,7 +187,7 @@ class Shipper:
         """Ask the loop to ship what is pending and finish (safe from a signal handler)."""
         self._stopping = True
         self._stop_requested.set()
-        self._wake.set()
+        self._wakeup.kick()
 
     def halt(self) -> None:
         """Stop after the batch in flight, leaving the rest pending (a drain that ran out of time)."""
@@ -220,7 +226,7 @@ class Shipper:
         self._drop_prefetch()
         await self._settle_progress()
         if self._outbox is not None:
-            self._outbox.remove_listener(self._wake.set)
+            self._outbox.remove_listener(self._wakeup.notify)
         if self._lease.held:
             await self._lease.release(self.reader.outbox_id)
         await self.sink.close()
@@ -264,7 +270,6 @@ class Shipper:
             raise ShipperError("the shipper is not running: use `async with Shipper(...)` or start() first")
         target = await self.reader.last_seq()
         before = self.stats.shipped
-        self._wake.set()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -283,6 +288,7 @@ class Shipper:
             wait = self.flush_interval if deadline is None else min(self.flush_interval, deadline - loop.time())
             if wait <= 0:
                 raise ShipperError(f"drain timed out after {timeout:g} s; events are still pending")
+            self._wakeup.kick()  # look now, and again after each batch: a drain never lingers
             self._progress.clear()
             try:
                 await asyncio.wait_for(self._progress.wait(), wait)
@@ -312,7 +318,10 @@ class Shipper:
                     await self.reader.set_error(None)
                     failures = 0
                     self._last_kind = None
-                if shipped and not self._halt:
+                # After a batch that took all there was, an in-process loop waits for the next
+                # appends (gathering them while they keep coming, see wakeup.py); a sidecar, a
+                # backlog and a stop look again at once.
+                if shipped and not self._halt and (self._prefetch is not None or self._outbox is None or self._stopping):
                     continue
                 self._note_progress()  # catches up within _NOTE_EVERY_S of going idle
                 if self._stopping:
@@ -379,7 +388,7 @@ class Shipper:
     async def _ship_once(self) -> int:
         batch = await self._take_prefetched()
         if batch is None:
-            batch = await self._read_batch(self._cursor)
+            batch = await self._read_batch(self._cursor, ahead=self._outbox is not None)
         if batch is None:
             return 0
         events = batch.events
@@ -487,8 +496,10 @@ class Shipper:
     async def _read_batch(self, after: int, *, ahead: bool = False) -> Batch | None:
         """Read the batch after ``after`` and route it; None if nothing is pending.
 
-        A read-ahead runs on the loop's thread (see ``OutboxReader.read_pending``); a first
-        read after a pause, in aiosqlite's thread.
+        A read-ahead runs on the loop's thread (see ``OutboxReader.read_pending``), and so does
+        an in-process loop's every read: its batches are small and frequent, and a hop to
+        aiosqlite's thread cost more of the bot's CPU than the read itself. A sidecar's first read
+        after a pause runs in aiosqlite's thread.
         """
         events = await self.reader.read_pending(self._limit, after=after, on_loop=ahead)
         if not events:
@@ -557,20 +568,21 @@ class Shipper:
         return delay
 
     async def _idle(self, seconds: float, *, wake: bool = True) -> None:
-        """Sleep ``seconds``, or less if woken: by an append when idle, by a stop request in a backoff.
+        """Sleep ``seconds``, or less if woken: by appends when idle (see :mod:`shipper.wakeup`), by
+        a stop request in a backoff.
 
         Once stopping, a backoff is slept in full: the stop deadline, not a spin, bounds it.
         """
         if not wake and self._stopping:
             await asyncio.sleep(seconds)
             return
-        event = self._wake if wake else self._stop_requested
+        if wake:
+            await self._wakeup.wait(seconds)
+            return
         try:
-            await asyncio.wait_for(event.wait(), seconds)
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
         except asyncio.TimeoutError:
             pass
-        if wake:
-            self._wake.clear()
 
     # -- side work -------------------------------------------------------------------------------
 

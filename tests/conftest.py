@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from deadline import in_loop_deadline  # noqa: E402
 from pgbouncer import PgBouncer  # noqa: E402
 from pgserver import PgServer, start_server  # noqa: E402
 
@@ -81,3 +82,10 @@ def subprocess_env() -> dict[str, str]:
 def run(coro: object) -> object:
     """Run a coroutine to completion (for the few sync helpers that need one)."""
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """End a stuck async test from inside its event loop (see ``deadline.py``)."""
+    with in_loop_deadline(item):
+        return (yield)

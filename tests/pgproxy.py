@@ -40,14 +40,19 @@ class PgProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
-        """Refuse new connections and close the open ones."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        """Refuse new connections and close the open ones.
+
+        The connections are closed before waiting for the server: from Python 3.12,
+        ``Server.wait_closed()`` returns only once every connection it accepted has closed.
+        """
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for writer in list(self._pipes):
             writer.close()
         self._pipes.clear()
+        if server is not None:
+            await server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

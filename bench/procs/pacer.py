@@ -8,7 +8,8 @@ whoever ships this file has shipped them -- so the Postgres connection is up bef
 starts -- then prints ``ready`` and waits for ``go``. Appends at ``RATE`` per second for
 ``SECONDS`` (each due at ``start + i / RATE``; a late one is appended at once, yielding to the
 loop in between), then, with an in-process shipper, waits for it to ship everything. Prints one
-JSON report; with ``--samples``, every append's start (CLOCK_MONOTONIC ns) and duration (ns),
+JSON report (``cpu_s``: this process's CPU from the first append until all of it is shipped,
+if it ships; else until the last append); with ``--samples``, every append's start (CLOCK_MONOTONIC ns) and duration (ns),
 timed with the collector frozen.
 """
 
@@ -56,6 +57,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             with gc_frozen():
                 t0 = time.monotonic()
                 t_start = mono()
+                cpu_start = time.process_time()  # every thread's: the shipper's reads included
                 for i in range(n):
                     delay = t0 + i / args.rate - time.monotonic()
                     await asyncio.sleep(delay if delay > 0 else 0)
@@ -69,6 +71,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if shipper is not None:
                 await shipper.drain(timeout=args.drain_timeout)
                 shipped_at_end = mono()
+            cpu_s = time.process_time() - cpu_start  # appending, and shipping all of it if in-process
         finally:
             if shipper is not None:
                 await shipper.stop()
@@ -80,6 +83,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "retries": shipper.stats.retries if shipper is not None else None,
         "batches": shipper.stats.batches if shipper is not None else None,
         "in_append_s": sum(took) / 1e9,
+        "cpu_s": cpu_s,
     }
     if args.samples:
         report["starts"] = starts

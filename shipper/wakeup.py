@@ -1,0 +1,103 @@
+"""When the shipping loop looks for new events: at once after a quiet spell, a few ms later while
+appends keep coming.
+
+Woken by every append of an outbox in its own process, the loop used to read and send each event
+in a transaction of its own: at 1,000 appends/s, a thousand batches a second and about +270 us
+of the bot's CPU per command, for a lag nobody needs below a few milliseconds. Appends that keep
+coming are gathered instead, as Kafka's ``linger.ms`` or Nagle's algorithm gather writes: when
+the recent append rate says more than one event will arrive within the linger, a look waits
+until the first append it will ship is ``linger`` old, or a batch's worth has come. A batch then
+holds many events and no event waits more than ``linger`` longer for it. A first append after a
+quiet spell is looked for at once, and a drain or a stop never lingers.
+
+The rate is learnt from the looks themselves (appends counted between two looks over the time
+between them), so the append path pays one increment and, for the first append after a look,
+one clock reading and an ``Event.set``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+__all__ = ["LINGER_S", "Wakeup"]
+
+LINGER_S = 0.01
+"""The most an append waits for company: far inside the lag target (p99 <= 50 ms at 1,000/s),
+and at 1,000 appends/s about ten events a batch."""
+
+_COMPANY = 1.0  # linger only if another append is expected within the linger
+_SMOOTHING = 0.5  # weight of the newest look in the rate estimate
+
+
+class Wakeup:
+    """The loop's alarm clock: appends (:meth:`notify`) and requests (:meth:`kick`) wake it.
+
+    Parameters
+    ----------
+    linger:
+        Seconds an append may wait for others to join its batch while appends keep coming.
+    full:
+        Appends after which a look stops lingering (a whole batch is there).
+    """
+
+    def __init__(self, *, linger: float = LINGER_S, full: int = 1000) -> None:
+        self.linger = linger
+        self.full = max(1, full)
+        self.rate = 0.0
+        """Appends per second, as estimated at the last look."""
+        self._woken = asyncio.Event()  # an append, or a kick
+        self._enough = asyncio.Event()  # a batch's worth, or a kick: stop lingering
+        self._urgent = False
+        self._appends = 0  # since the last look
+        self._first = 0.0  # time.monotonic() of the first of them
+        self._last_look = time.monotonic()
+
+    def notify(self) -> None:
+        """Note one committed append (an outbox listener: it runs on the command path)."""
+        self._appends += 1
+        if self._appends == 1:
+            self._first = time.monotonic()
+            self._woken.set()
+        elif self._appends == self.full:
+            self._enough.set()
+
+    def kick(self) -> None:
+        """Look now and do not linger (a drain or a stop is waiting)."""
+        self._urgent = True
+        self._woken.set()
+        self._enough.set()
+
+    @property
+    def lingering(self) -> bool:
+        """True if appends come fast enough that the next look waits for company."""
+        return self.rate * self.linger >= _COMPANY
+
+    async def wait(self, seconds: float) -> None:
+        """Return after ``seconds``, or sooner: at once for a kick, for an append at once after a
+        quiet spell, or once the first append is ``linger`` old while appends keep coming."""
+        if not self._woken.is_set():
+            try:
+                await asyncio.wait_for(self._woken.wait(), seconds)
+            except asyncio.TimeoutError:
+                pass
+        if self._appends and not self._urgent and self.lingering:
+            remaining = self._first + self.linger - time.monotonic()
+            if remaining > 0 and not self._enough.is_set():
+                try:
+                    await asyncio.wait_for(self._enough.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+        self._looked()
+
+    def _looked(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._last_look
+        if elapsed > 0:
+            newest = self._appends / elapsed
+            self.rate = newest if self.rate == 0.0 else _SMOOTHING * newest + (1 - _SMOOTHING) * self.rate
+        self._last_look = now
+        self._appends = 0
+        self._urgent = False
+        self._woken.clear()
+        self._enough.clear()
