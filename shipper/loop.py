@@ -35,6 +35,7 @@ from .lease import LeaseKeeper
 from .routes import RouteError
 from .metrics import Metrics
 from .pgsink import PostgresSink
+from .progress import Progress
 from .room import Room, open_when_room
 from .sink import Batch, Sink
 from .wakeup import LINGER_S, Wakeup
@@ -42,8 +43,6 @@ from .wakeup import LINGER_S, Wakeup
 __all__ = ["Shipper", "ShipperStats"]
 
 log = logging.getLogger(__name__)
-
-_NOTE_EVERY_S = 0.1  # while busy, progress reaches the side file at most this often
 
 
 @dataclass
@@ -151,7 +150,7 @@ class Shipper:
         self._connected = False
         self._leader = False
         self._said_standby = False
-        self._cursor = 0
+        self._notes = Progress(self.reader)
         self._limit = batch_size
         self.max_batch_bytes = max_batch_bytes
         self._lease = LeaseKeeper(sink, lease_ttl)
@@ -160,9 +159,6 @@ class Shipper:
         self._next_retry_check = 0.0
         self._fatal: BaseException | None = None
         self._prefetch: tuple[int, asyncio.Future[Batch | None]] | None = None
-        self._noting: asyncio.Future[None] | None = None
-        self._noted = 0  # the cursor the side file is known to hold
-        self._next_note = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -224,7 +220,7 @@ class Shipper:
 
     async def _release(self) -> None:
         self._drop_prefetch()
-        await self._settle_progress()
+        await self._notes.settle()
         if self._outbox is not None:
             self._outbox.remove_listener(self._wakeup.notify)
         if self._lease.held:
@@ -277,11 +273,11 @@ class Shipper:
                 raise self._fatal
             if self._last_kind == "permission":  # an owner must act: a one-off drain says so and ends
                 raise GrantError(self.stats.last_error)
-            # this loop's own cursor is committed in Postgres; the side file's may lag (see _note_progress)
+            # this loop's own cursor is committed in Postgres; the side file's may lag (see shipper.progress)
             cursor = max(self._cursor, await self.reader.cursor())
             ahead = await self.reader.read_pending(1, after=cursor)
             if not ahead or ahead[0].seq > target:
-                await self._settle_progress()  # so `outbox status` agrees once this returns
+                await self._notes.settle()  # so `outbox status` agrees once this returns
                 return self.stats.shipped - before
             if self._task.done():
                 raise ShipperError("the shipper stopped before the drain finished")
@@ -294,6 +290,15 @@ class Shipper:
                 await asyncio.wait_for(self._progress.wait(), wait)
             except asyncio.TimeoutError:
                 pass
+
+    @property
+    def _cursor(self) -> int:
+        """The last seq shipped (see :class:`shipper.progress.Progress`)."""
+        return self._notes.cursor
+
+    @_cursor.setter
+    def _cursor(self, seq: int) -> None:
+        self._notes.cursor = seq
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -323,7 +328,7 @@ class Shipper:
                 # backlog and a stop look again at once.
                 if shipped and not self._halt and (self._prefetch is not None or self._outbox is None or self._stopping):
                     continue
-                self._note_progress()  # catches up within _NOTE_EVERY_S of going idle
+                self._notes.note()  # catches up within NOTE_EVERY_S of going idle
                 if self._stopping:
                     return
                 await self._idle(self.flush_interval)
@@ -382,7 +387,7 @@ class Shipper:
         self._cursor = max(local, remote)
         if remote > local:
             await self.reader.advance(remote)
-        self._noted = max(self._noted, self._cursor)
+        self._notes.noted = max(self._notes.noted, self._cursor)
         return True
 
     async def _ship_once(self) -> int:
@@ -422,10 +427,10 @@ class Shipper:
             )
             self._cursor = max(self._cursor, result.already_shipped_to)
             self._drop_prefetch()
-            await self._note(self._cursor)
+            await self._notes.write(self._cursor)
             return 1
         self._cursor = batch.last_seq
-        self._note_progress()
+        self._notes.note()
         self._count(result.shipped, result.rejected, time.monotonic() - started)
         return len(events)
 
@@ -445,53 +450,6 @@ class Shipper:
         self._cursor = await self.reader.cursor()
         self._connected = self._leader = False
         await self.sink.close()
-
-    def _note_progress(self) -> None:
-        """Note progress in the side file, never waiting for it, at most every ``_NOTE_EVERY_S``.
-
-        Postgres's ledger already says where a restarted shipper resumes (it takes the larger of
-        the two), so the side file's cursor is a copy for local readers (``outbox status``,
-        pruning) and only has to catch up: a note per batch cost ~10% of a drain (a commit on
-        aiosqlite's thread beside every COPY), and in the bot's process a note per event cost
-        every command a thread hop. The loop calls this after every batch and every idle look,
-        so the side file is at most ``_NOTE_EVERY_S`` plus one ``flush_interval`` behind. One
-        note is in flight at a time; a failed one is raised here, at the next call. Draining and
-        stopping wait for the side file to catch up (:meth:`_flush_progress`).
-        """
-        noting = self._noting
-        if noting is not None:
-            if not noting.done():
-                return
-            self._noting = None
-            noting.result()  # a failed note's error, now
-        if self._noted < self._cursor and time.monotonic() >= self._next_note:
-            self._start_note()
-
-    def _start_note(self) -> None:
-        self._next_note = time.monotonic() + _NOTE_EVERY_S
-        self._noting = asyncio.ensure_future(self._note(self._cursor))
-
-    async def _note(self, cursor: int) -> None:
-        await self.reader.advance(cursor)
-        self._noted = max(self._noted, cursor)
-
-    async def _flush_progress(self) -> None:
-        """Bring the side file's cursor up to this loop's, waiting for the note."""
-        while True:
-            noting, self._noting = self._noting, None
-            if noting is not None:
-                await noting
-            if self._noted >= self._cursor:
-                return
-            self._start_note()
-
-    async def _settle_progress(self) -> None:
-        """Bring the side file up to date, as a drain ends or before closing the reader; a
-        failure is only logged (Postgres's ledger holds the progress)."""
-        try:
-            await self._flush_progress()
-        except OutboxError as exc:
-            log.warning("could not note progress in %s: %s", self.path, exc)
 
     async def _read_batch(self, after: int, *, ahead: bool = False) -> Batch | None:
         """Read the batch after ``after`` and route it; None if nothing is pending.
