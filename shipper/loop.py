@@ -36,8 +36,9 @@ from .routes import RouteError
 from .metrics import Metrics
 from .pgsink import PostgresSink
 from .progress import Progress
+from .readahead import ReadAhead
 from .room import Room, open_when_room
-from .sink import Batch, Sink
+from .sink import Sink
 from .wakeup import LINGER_S, Wakeup
 
 __all__ = ["Shipper", "ShipperStats"]
@@ -158,7 +159,7 @@ class Shipper:
         self._next_housekeeping = 0.0
         self._next_retry_check = 0.0
         self._fatal: BaseException | None = None
-        self._prefetch: tuple[int, asyncio.Future[Batch | None]] | None = None
+        self._ahead = ReadAhead(self.reader, sink, self._lease)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -219,7 +220,7 @@ class Shipper:
             await self._release()
 
     async def _release(self) -> None:
-        self._drop_prefetch()
+        self._ahead.drop()
         await self._notes.settle()
         if self._outbox is not None:
             self._outbox.remove_listener(self._wakeup.notify)
@@ -326,7 +327,7 @@ class Shipper:
                 # After a batch that took all there was, an in-process loop waits for the next
                 # appends (gathering them while they keep coming, see wakeup.py); a sidecar, a
                 # backlog and a stop look again at once.
-                if shipped and not self._halt and (self._prefetch is not None or self._outbox is None or self._stopping):
+                if shipped and not self._halt and (self._ahead.pending or self._outbox is None or self._stopping):
                     continue
                 self._notes.note()  # catches up within NOTE_EVERY_S of going idle
                 if self._stopping:
@@ -360,7 +361,7 @@ class Shipper:
 
     def _stand_by(self) -> None:
         self._leader = False
-        self._drop_prefetch()
+        self._ahead.drop()
         self._said_standby = True  # the lease's own line said it: the next one is "took over"
 
     async def _claim(self) -> bool:
@@ -391,26 +392,24 @@ class Shipper:
         return True
 
     async def _ship_once(self) -> int:
-        batch = await self._take_prefetched()
+        batch = await self._ahead.take(self._cursor)
         if batch is None:
-            batch = await self._read_batch(self._cursor, ahead=self._outbox is not None)
+            batch = await self._ahead.read_batch(self._cursor, self._limit, ahead=self._outbox is not None)
         if batch is None:
             return 0
         events = batch.events
-        # Read, route and encode the next batch while this one is in flight: the read runs on
-        # this thread in short steps once the query is sent, in the time the loop would spend
-        # waiting for Postgres, so a drain runs at about the speed of COPY alone. A short batch
+        # Read the next batch while this one is in flight (see shipper.readahead). A short batch
         # means nothing more was there: no read-ahead.
         limit, self._limit = self._limit, next_limit(
             self._limit, len(events), batch_bytes(batch), batch_size=self.batch_size, max_bytes=self.max_batch_bytes
         )
         if len(events) == limit:
-            self._prefetch = (batch.last_seq, asyncio.ensure_future(self._read_batch(batch.last_seq, ahead=True)))
+            self._ahead.start(batch.last_seq, self._limit)
         started = time.monotonic()
         try:
             result = await self.sink.send(batch, self.reader.set_aside)
         except BaseException:
-            self._drop_prefetch()
+            self._ahead.drop()
             raise
         if result.already_shipped_to is not None:
             why = await forks.batch_is_not_ours(self.sink, events, [e for e, _ in batch.routed.refused])
@@ -426,7 +425,7 @@ class Shipper:
                 self.path,
             )
             self._cursor = max(self._cursor, result.already_shipped_to)
-            self._drop_prefetch()
+            self._ahead.drop()
             await self._notes.write(self._cursor)
             return 1
         self._cursor = batch.last_seq
@@ -446,45 +445,10 @@ class Shipper:
         if self._lease.held:  # let go of the old id's lease: the other copy ships under it
             await self._lease.release(self.reader.outbox_id)
         await self.reader.fork(why)
-        self._drop_prefetch()
+        self._ahead.drop()
         self._cursor = await self.reader.cursor()
         self._connected = self._leader = False
         await self.sink.close()
-
-    async def _read_batch(self, after: int, *, ahead: bool = False) -> Batch | None:
-        """Read the batch after ``after`` and route it; None if nothing is pending.
-
-        A read-ahead runs on the loop's thread (see ``OutboxReader.read_pending``), and so does
-        an in-process loop's every read: its batches are small and frequent, and a hop to
-        aiosqlite's thread cost more of the bot's CPU than the read itself. A sidecar's first read
-        after a pause runs in aiosqlite's thread.
-        """
-        events = await self.reader.read_pending(self._limit, after=after, on_loop=ahead)
-        if not events:
-            return None
-        batch = Batch(
-            self.reader.outbox_id, after, events[-1].seq, events, lease=self._lease.token,
-            router=getattr(self.sink, "router", None),
-        )
-        for table in batch.routed.tables:  # routed and encoded now, off the next send's critical path
-            table.copy_text()
-        return batch
-
-    async def _take_prefetched(self) -> Batch | None:
-        """Return the batch read ahead, if it starts at the cursor; None to read afresh."""
-        if self._prefetch is None:
-            return None
-        after, task = self._prefetch
-        self._prefetch = None
-        if after != self._cursor:
-            _discard(task)
-            return None
-        return await task  # None: read again, events may have come since
-
-    def _drop_prefetch(self) -> None:
-        if self._prefetch is not None:
-            _discard(self._prefetch[1])
-            self._prefetch = None
 
     def _count(self, shipped: int, rejected: list[Any], seconds: float) -> None:
         self.stats.shipped += shipped
@@ -574,9 +538,3 @@ class Shipper:
         await checkpoint(self.reader)
         await self.sink.housekeeping(self.reader.outbox_id, self.retention_s)
 
-
-
-def _discard(task: asyncio.Future[Batch | None]) -> None:
-    """Abandon a read-ahead (it stops at its next step and closes its statement), unobserved."""
-    task.cancel()
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())

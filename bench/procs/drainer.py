@@ -209,19 +209,19 @@ async def _read_alone(path: str, batch: int, n: int = 20) -> list[float]:
 def _no_read_ahead() -> None:
     """Diagnostic: make the shipper read each batch only when it needs it.
 
-    The loop starts its read-ahead with ``asyncio.ensure_future(self._read_batch(...))``; here
-    the name ``asyncio`` in :mod:`shipper.loop` alone is pointed at a copy of the module whose
+    The loop starts its read-ahead with ``asyncio.ensure_future(self.read_batch(...))``; here
+    the name ``asyncio`` in :mod:`shipper.readahead` alone is pointed at a copy of the module whose
     ``ensure_future`` hands back ``None`` at once, which the loop takes as "nothing read ahead"
     and reads afresh. Nothing else changes.
     """
     import types
 
-    import shipper.loop as loop_module
+    import shipper.readahead as readahead_module
 
     real = asyncio
 
     def no_read_ahead(coro: Any) -> asyncio.Future[Any]:
-        if getattr(coro, "__name__", "") != "_read_batch":
+        if getattr(coro, "__name__", "") != "read_batch":
             return real.ensure_future(coro)
         coro.close()
         done: asyncio.Future[Any] = real.get_running_loop().create_future()
@@ -230,7 +230,7 @@ def _no_read_ahead() -> None:
 
     proxy = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
     proxy.ensure_future = no_read_ahead
-    loop_module.asyncio = proxy  # type: ignore[attr-defined,assignment]
+    readahead_module.asyncio = proxy  # type: ignore[attr-defined,assignment]
 
 
 async def ship_serial(path: str, dsn: str, batch: int) -> dict[str, Any]:

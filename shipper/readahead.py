@@ -1,0 +1,80 @@
+"""Reading batches, and reading the next one while the one before it is in flight.
+
+Read, route and encode the next batch while this one is in flight: the read runs on the loop's
+thread in short steps once the query is sent, in the time the loop would spend waiting for
+Postgres, so a drain runs at about the speed of COPY alone. The loop reads ahead only after a
+full batch (a short one means nothing more was there), and drops the read-ahead whenever the
+batch it follows did not land where expected (a failure, a skip, a fork, losing the lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from outbox import OutboxReader
+
+from .lease import LeaseKeeper
+from .sink import Batch, Sink
+
+__all__ = ["ReadAhead"]
+
+
+class ReadAhead:
+    """Reads the loop's batches from ``reader`` for ``sink``, and at most one batch ahead."""
+
+    def __init__(self, reader: OutboxReader, sink: Sink, lease: LeaseKeeper) -> None:
+        self.reader = reader
+        self.sink = sink
+        self.lease = lease
+        self._prefetch: tuple[int, asyncio.Future[Batch | None]] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True while a batch is being (or has been) read ahead."""
+        return self._prefetch is not None
+
+    async def read_batch(self, after: int, limit: int, *, ahead: bool = False) -> Batch | None:
+        """Read up to ``limit`` events after ``after`` and route them; None if nothing is pending.
+
+        A read-ahead runs on the loop's thread (see ``OutboxReader.read_pending``), and so does
+        an in-process loop's every read: its batches are small and frequent, and a hop to
+        aiosqlite's thread cost more of the bot's CPU than the read itself. A sidecar's first read
+        after a pause runs in aiosqlite's thread.
+        """
+        events = await self.reader.read_pending(limit, after=after, on_loop=ahead)
+        if not events:
+            return None
+        batch = Batch(
+            self.reader.outbox_id, after, events[-1].seq, events, lease=self.lease.token,
+            router=getattr(self.sink, "router", None),
+        )
+        for table in batch.routed.tables:  # routed and encoded now, off the next send's critical path
+            table.copy_text()
+        return batch
+
+    def start(self, after: int, limit: int) -> None:
+        """Start reading the batch after ``after`` in the background."""
+        self._prefetch = (after, asyncio.ensure_future(self.read_batch(after, limit, ahead=True)))
+
+    async def take(self, cursor: int) -> Batch | None:
+        """Return the batch read ahead, if it starts at ``cursor``; None to read afresh."""
+        if self._prefetch is None:
+            return None
+        after, task = self._prefetch
+        self._prefetch = None
+        if after != cursor:
+            _discard(task)
+            return None
+        return await task  # None: read again, events may have come since
+
+    def drop(self) -> None:
+        """Abandon the batch read ahead, if any."""
+        if self._prefetch is not None:
+            _discard(self._prefetch[1])
+            self._prefetch = None
+
+
+def _discard(task: asyncio.Future[Batch | None]) -> None:
+    """Abandon a read-ahead (it stops at its next step and closes its statement), unobserved."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
