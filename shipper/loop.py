@@ -25,19 +25,19 @@ from typing import Any
 
 from outbox import Outbox, OutboxClosedError, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.append import find_open
-from outbox.maintenance import checkpoint, prune
 
 from . import forks
 from .backlog import BacklogGauges, nothing_pending
 from .batching import MAX_BATCH_BYTES, batch_bytes, next_limit
 from .errors import DsnError, GrantError, ShipperError, classify, hint
+from .housekeeping import Housekeeping
 from .lease import LeaseKeeper
 from .routes import RouteError
 from .metrics import Metrics
 from .pgsink import PostgresSink
 from .progress import Progress
 from .readahead import ReadAhead
-from .room import Room, open_when_room
+from .room import open_when_room
 from .sink import Sink
 from .wakeup import LINGER_S, Wakeup
 
@@ -135,12 +135,11 @@ class Shipper:
         self.retention_s = retention_s
         self.stop_timeout = stop_timeout
         self._backoff = (backoff_base, backoff_cap)
-        self._housekeeping_interval = housekeeping_interval
         self._outbox = outbox
         self._metrics = Metrics(metrics_port, metrics_addr) if metrics_port is not None else None
         self._gauges = BacklogGauges(self.path, self._metrics) if self._metrics is not None else None
         self.reader = OutboxReader(self.path, create=True)
-        self._room = Room(self.reader)
+        self._housekeeping = Housekeeping(self.reader, sink, interval=housekeeping_interval)
         self.stats = ShipperStats()
         self._task: asyncio.Task[None] | None = None
         self._wakeup = Wakeup(linger=min(LINGER_S, flush_interval), full=batch_size)
@@ -156,8 +155,6 @@ class Shipper:
         self.max_batch_bytes = max_batch_bytes
         self._lease = LeaseKeeper(sink, lease_ttl)
         self._last_kind: str | None = None
-        self._next_housekeeping = 0.0
-        self._next_retry_check = 0.0
         self._fatal: BaseException | None = None
         self._ahead = ReadAhead(self.reader, sink, self._lease)
 
@@ -510,31 +507,8 @@ class Shipper:
 
     async def _maintain(self) -> None:
         now = time.monotonic()
-        if now >= self._next_retry_check:
-            self._next_retry_check = now + max(1.0, self.flush_interval)
-            await self._retry_dead_letters()
-        if now >= self._next_housekeeping:
-            self._next_housekeeping = now + self._housekeeping_interval
-            await self._housekeeping()
-        if pruned := await self._room.keep():
-            log.debug("pruned %d shipped events from %s to stay under max_bytes", pruned, self.path)
-
-    async def _retry_dead_letters(self) -> None:
-        events = await self.reader.read_retries(self.batch_size)
-        if not events:
-            return
-        result = await self.sink.upsert(events, self.reader.set_aside)
-        refused = {event.seq for event, _ in result.rejected}
-        await self.reader.resolve([e.seq for e in events if e.seq not in refused])
-        log.info("retried %d dead letters: %d shipped, %d refused again", len(events), result.shipped, len(refused))
-        self._count(result.shipped, result.rejected, 0.0)
-
-    async def _housekeeping(self) -> None:
-        """Prune shipped events past retention; checkpoint."""
-        cutoff = time.time_ns() // 1000 - int(self.retention_s * 1e6)
-        pruned = await prune(self.reader, older_than_us=cutoff)  # room under max_bytes: self._room
-        if pruned:
-            log.info("pruned %d shipped events from %s", pruned, self.path)
-        await checkpoint(self.reader)
-        await self.sink.housekeeping(self.reader.outbox_id, self.retention_s)
-
+        every = max(1.0, self.flush_interval)
+        retried = await self._housekeeping.retry_dead_letters(now, every=every, batch_size=self.batch_size)
+        if retried is not None:
+            self._count(retried.shipped, retried.rejected, 0.0)
+        await self._housekeeping.tidy(now, retention_s=self.retention_s)
