@@ -10,9 +10,32 @@ this package.
 
 from __future__ import annotations
 
-from discord_outbox.commandlog import TOPIC, CommandLog, CommandLogStats, command_and_options, log_commands, outcome_of
-from .ladder import Ladder, LadderBot, LadderError, LadderTree
-from .standin import DiscordStandIn, Exchange, pointed_at
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from discord_outbox.commandlog import (
+        TOPIC,
+        CommandLog,
+        CommandLogStats,
+        command_and_options,
+        log_commands,
+        outcome_of,
+    )
+
+    from .ladder import Ladder, LadderBot, LadderError, LadderTree
+    from .standin import DiscordStandIn, Exchange, pointed_at
+
+# Imported when first used, not with the package: ``python -m bot`` imports this file before its
+# ``__main__``, and discord.py takes long enough to load that a Ctrl-C would land in it.
+_WHERE = {
+    **dict.fromkeys(
+        ("TOPIC", "CommandLog", "CommandLogStats", "command_and_options", "log_commands", "outcome_of"),
+        "discord_outbox.commandlog",
+    ),
+    **dict.fromkeys(("Ladder", "LadderBot", "LadderError", "LadderTree"), "bot.ladder"),
+    **dict.fromkeys(("DiscordStandIn", "Exchange", "pointed_at"), "bot.standin"),
+}
 
 __all__ = [
     "log_commands",
@@ -29,3 +52,12 @@ __all__ = [
     "Exchange",
     "pointed_at",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'bot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value

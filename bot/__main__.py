@@ -1,5 +1,14 @@
-"""``python -m bot``: the ladder bot's command line."""
+"""``python -m bot``: the ladder bot's command line; a Ctrl-C while discord.py loads is one line."""
 
-from .cli import main
+from collections.abc import Callable
 
-main()
+from shipper.console import start_guarded
+
+
+def _load() -> Callable[[], None]:
+    from .cli import main
+
+    return main
+
+
+start_guarded("bot", _load)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["outbox", "shipper"]
+__all__ = ["outbox", "shipper", "start_guarded"]
 
 
 def _quietly_interrupted(tool: str) -> Callable[[int, FrameType | None], Any]:
@@ -27,7 +27,8 @@ def _quietly_interrupted(tool: str) -> Callable[[int, FrameType | None], Any]:
     return handler
 
 
-def _start(tool: str, load: Callable[[], Callable[[], None]]) -> None:
+def start_guarded(tool: str, load: Callable[[], Callable[[], None]]) -> None:
+    """Run the command line ``load()`` imports, a Ctrl-C during the import being one line."""
     previous = signal.getsignal(signal.SIGINT)
     guarded = previous is signal.default_int_handler  # an ignored SIGINT (nohup, &) stays ignored
     if guarded:
@@ -52,9 +53,9 @@ def _load_outbox() -> Callable[[], None]:
 
 def shipper() -> None:
     """Run the ``shipper`` command line."""
-    _start("shipper", _load_shipper)
+    start_guarded("shipper", _load_shipper)
 
 
 def outbox() -> None:
     """Run the ``outbox`` command line."""
-    _start("outbox", _load_outbox)
+    start_guarded("outbox", _load_outbox)
