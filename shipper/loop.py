@@ -6,7 +6,9 @@ every ``flush_interval``). It ships at once when idle; batches grow while a back
 gathers them for a few ms). Only the holder of the outbox's lease (a Postgres row that expires,
 :mod:`shipper.lease`) ships; a second shipper started by mistake stands by, says so, and takes
 over within about one TTL if the first one dies or freezes. Even without the lease the ledger
-refuses a batch shipped twice, so a mistake costs time, never a duplicate.
+refuses a batch shipped twice, so a mistake costs time, never a duplicate. The loop calls into the rest:
+the next batch read while one is in flight (:mod:`shipper.readahead`), progress noted in the side
+file off the critical path (:mod:`shipper.progress`), the side work between batches (:mod:`shipper.housekeeping`).
 """
 
 from __future__ import annotations
