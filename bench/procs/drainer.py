@@ -309,7 +309,7 @@ async def sink(path: str, dsn: str, batch: int, reading: bool = False) -> dict[s
     try:
         batches, after = [], 0
         for events in chunks:
-            batches.append(Batch(outbox_id, after, events[-1].seq, events, target.router))
+            batches.append(Batch(outbox_id, after, events[-1].seq, events, router=target.router))
             after = events[-1].seq
         rows = sum(len(b.events) for b in batches)
         reader = await OutboxReader(path).open() if reading else None
