@@ -18,10 +18,12 @@ Postgres instead (the ledger holds a range this file's events are not in) and fo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["file_identity", "ensure_identity", "fork", "previous_ids", "had_side_file", "note_side_file"]
@@ -76,33 +78,35 @@ def ensure_identity(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> s
         if "readonly" in str(exc).replace(" ", "").lower() or "read-only" in str(exc):
             return found["outbox_id"]
         raise
-    try:
+    with _stamping(conn, here):
         found = _meta(conn, "outbox_id", "file_identity")  # again, under the lock: another may have forked
         if "file_identity" in found and found["file_identity"] != here:
             outbox_id = _fork(conn, path, f"its file moved or was copied (was {found['file_identity']}, now {here})")
         else:
             outbox_id = found["outbox_id"]
-        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('file_identity', ?)", (here,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return outbox_id
 
 
 def fork(conn: sqlite3.Connection, path: str | os.PathLike[str], why: str) -> str:
     """Give the outbox a new id now (the shipper found it is a copy); return the new id."""
     conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _stamping(conn, file_identity(path)):
         outbox_id = _fork(conn, path, why)
-        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('file_identity', ?)", (file_identity(path),))
+    return outbox_id
+
+
+@contextlib.contextmanager
+def _stamping(conn: sqlite3.Connection, identity: str) -> Iterator[None]:
+    """Inside a transaction already begun: once the block has run, record the file identity it
+    was done for and commit; on any error roll back, so an identity is never stamped half-done."""
+    try:
+        yield
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('file_identity', ?)", (identity,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return outbox_id
 
 
 def _fork(conn: sqlite3.Connection, path: str | os.PathLike[str], why: str) -> str:
