@@ -81,14 +81,24 @@ async def prune(reader: OutboxReader, *, older_than_us: int, keep_bytes: int | N
             return deleted
 
 
-async def checkpoint(reader: OutboxReader, *, truncate: bool = False) -> None:
-    """Copy the WAL back into the events file; ``truncate`` also shrinks the WAL to zero."""
+async def checkpoint(reader: OutboxReader, *, truncate: bool = False) -> bool:
+    """Copy the WAL back into the events file; ``truncate`` also shrinks the WAL to zero.
+
+    A passive checkpoint is a chance taken, not a duty: when SQLite says not now (a read still
+    open on this connection: "database table is locked"; a writer in the way: busy) it returns
+    False and the next one, a second later, does the work. Failing instead used to fail the
+    shipper's batch loop, drop its Postgres connection and back off in the middle of a drain.
+    Each statement is stepped to its end, so none stays open on the connection after it.
+    """
     mode = "TRUNCATE" if truncate else "PASSIVE"
     try:
-        await reader.db.execute(f"PRAGMA main.wal_checkpoint({mode})")
-        await reader.db.execute(f"PRAGMA ship.wal_checkpoint({mode})")  # the side file's notes, too
+        await reader.db.execute_fetchall(f"PRAGMA main.wal_checkpoint({mode})")
+        await reader.db.execute_fetchall(f"PRAGMA ship.wal_checkpoint({mode})")  # the side file's notes, too
     except sqlite3.Error as exc:
+        if not truncate and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_BUSY):
+            return False
         raise OutboxError(f"checkpoint of {reader.path} failed: {exc}") from None
+    return True
 
 
 def event_record(event: Event, status: str | None = None) -> dict[str, Any]:
