@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .dsn import redact_dsn
     from .errors import ConnectError, SchemaError, ShipperError
-    from .loop import Shipper, ShipperStats
+    from .loop import Shipper
+    from .stats import ShipperStats
     from .migrate import SCHEMA_VERSION, migrate
     from .pgsink import PostgresSink
     from .replay import ReplayResult, VerifyResult, replay, verify
@@ -29,7 +30,7 @@ _HOME = {
     "SchemaError": ".errors",
     "ShipperError": ".errors",
     "Shipper": ".loop",
-    "ShipperStats": ".loop",
+    "ShipperStats": ".stats",
     "SCHEMA_VERSION": ".migrate",
     "migrate": ".migrate",
     "PostgresSink": ".pgsink",

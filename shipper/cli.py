@@ -142,7 +142,7 @@ def _shipping_options(func: Callable[..., Any]) -> Callable[..., Any]:
             default=1000,
             show_default=True,
             help="Most events per batch when given; by default batches start at 1000 and grow while a backlog"
-            " waits, up to about 8 MiB (fewer round trips to a distant Postgres).",
+            " waits, until a round trip is about 5% of a batch (a distant Postgres: up to about 8 MiB).",
         ),
         click.option(
             "--flush-interval",

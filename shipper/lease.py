@@ -22,6 +22,7 @@ one round trip each, no prepared statement, nothing kept in the session.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -119,11 +120,27 @@ class LeaseKeeper:
         self.token: str | None = None
         self._renew_at = 0.0
         self._expires = 0.0  # local monotonic estimate, for logs only: Postgres's clock decides
+        self._trips: collections.deque[float] = collections.deque(maxlen=8)
 
     @property
     def held(self) -> bool:
         """True while this shipper believes it holds the lease (each batch's fence checks it)."""
         return self.token is not None
+
+    @property
+    def trip_s(self) -> float | None:
+        """Seconds one transaction costs with next to no work in it (None: none timed yet).
+
+        The least of the last few takes and renewals, each one statement and a commit: the fixed
+        cost a batch pays on top of its rows, which sizes batches (:mod:`shipper.batching`).
+        """
+        return min(self._trips) if self._trips else None
+
+    async def _try(self, outbox_id: str, token: str, *, renew: bool = False) -> bool:
+        started = time.monotonic()
+        granted = await self.sink.try_lease(outbox_id, token, self.ttl, renew=renew)
+        self._trips.append(time.monotonic() - started)
+        return granted
 
     @property
     def poll_interval(self) -> float:
@@ -134,12 +151,12 @@ class LeaseKeeper:
         """Take the lease (keeping it if this keeper's token still holds it, as after a reconnect);
         False while another shipper holds it."""
         if self.token is not None:
-            if await self.sink.try_lease(outbox_id, self.token, self.ttl, renew=True):
+            if await self._try(outbox_id, self.token, renew=True):
                 self._schedule()
                 return True
             self.lost(outbox_id)
         token = new_token()
-        if not await self.sink.try_lease(outbox_id, token, self.ttl):
+        if not await self._try(outbox_id, token):
             return False
         self.token = token
         self._schedule()
@@ -151,7 +168,7 @@ class LeaseKeeper:
             return False
         if time.monotonic() < self._renew_at:
             return True
-        if await self.sink.try_lease(outbox_id, self.token, self.ttl, renew=True):
+        if await self._try(outbox_id, self.token, renew=True):
             self._schedule()
             return True
         self.lost(outbox_id)

@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,8 +28,9 @@ from outbox.append import find_open
 
 from . import forks
 from .backlog import BacklogGauges, nothing_pending
-from .batching import MAX_BATCH_BYTES, batch_bytes, next_limit
-from .errors import DsnError, GrantError, ShipperError, classify, hint
+from .backoff import describe
+from .batching import MAX_BATCH_BYTES, BatchSizer
+from .errors import DsnError, GrantError, ShipperError, classify
 from .housekeeping import Housekeeping
 from .lease import LeaseKeeper
 from .routes import RouteError
@@ -41,22 +40,12 @@ from .progress import Progress
 from .readahead import ReadAhead
 from .room import open_when_room
 from .sink import Sink
+from .stats import ShipperStats
 from .wakeup import LINGER_S, Wakeup
 
 __all__ = ["Shipper", "ShipperStats"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ShipperStats:
-    """Counters since the shipper started."""
-
-    shipped: int = 0
-    dead: int = 0
-    retries: int = 0
-    batches: int = 0
-    last_error: str | None = None
 
 
 class Shipper:
@@ -89,8 +78,10 @@ class Shipper:
         Seconds the lease lasts unrenewed: a standby takes over about this long after the
         leader dies or freezes; a batch transaction may run at most this long.
     max_batch_bytes:
-        While a backlog waits batches grow past ``batch_size``, up to about this many bytes
-        (0: never; ``batch_size`` is then the most events per batch).
+        While a backlog waits batches grow past ``batch_size`` until a transaction's fixed
+        cost (round trip, commit: measured on the lease's) is about 5% of a batch, up to about
+        this many bytes (0: never; ``batch_size`` is then the most events per batch). So a
+        Postgres far away gets big batches and a near one small, quick ones (:mod:`shipper.batching`).
     routes:
         ``{topic: table}``: topics that land in the user's own tables (:mod:`shipper.routes`).
     pg_retention_s:
@@ -153,9 +144,9 @@ class Shipper:
         self._leader = False
         self._said_standby = False
         self._notes = Progress(self.reader)
-        self._limit = batch_size
         self.max_batch_bytes = max_batch_bytes
         self._lease = LeaseKeeper(sink, lease_ttl)
+        self._sizer = BatchSizer(batch_size, max_batch_bytes, lambda: self._lease.trip_s)
         self._last_kind: str | None = None
         self._fatal: BaseException | None = None
         self._ahead = ReadAhead(self.reader, sink, self._lease)
@@ -393,17 +384,14 @@ class Shipper:
     async def _ship_once(self) -> int:
         batch = await self._ahead.take(self._cursor)
         if batch is None:
-            batch = await self._ahead.read_batch(self._cursor, self._limit, ahead=self._outbox is not None)
+            batch = await self._ahead.read_batch(self._cursor, self._sizer.limit, ahead=self._outbox is not None)
         if batch is None:
             return 0
         events = batch.events
         # Read the next batch while this one is in flight (see shipper.readahead). A short batch
         # means nothing more was there: no read-ahead.
-        limit, self._limit = self._limit, next_limit(
-            self._limit, len(events), batch_bytes(batch), batch_size=self.batch_size, max_bytes=self.max_batch_bytes
-        )
-        if len(events) == limit:
-            self._ahead.start(batch.last_seq, self._limit)
+        if self._sizer.read(batch):
+            self._ahead.start(batch.last_seq, self._sizer.limit)
         started = time.monotonic()
         try:
             result = await self.sink.send(batch, self.reader.set_aside)
@@ -429,7 +417,9 @@ class Shipper:
             return 1
         self._cursor = batch.last_seq
         self._notes.note()
-        self._count(result.shipped, result.rejected, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self._sizer.sent(len(events), seconds)
+        self._count(result.shipped, result.rejected, seconds)
         return len(events)
 
     async def _fork_if_not_ours(self, local: int, remote: int) -> bool:
@@ -460,30 +450,19 @@ class Shipper:
         self._progress.set()
 
     async def _failed(self, exc: Exception, failures: int) -> float:
-        kind = "outbox" if isinstance(exc, OutboxError) else classify(exc)
-        if isinstance(exc, ShipperError):  # ConnectError included: already one clear line
-            text = str(exc)
-        else:
-            text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-        if getattr(exc, "sqlstate", None) == "57014" and self._limit > 1:
-            self._limit = max(1, self._limit // 2)  # statement timeout: try smaller batches
+        failure = describe(exc)  # see shipper.backoff
+        if failure.timed_out:
+            self._sizer.timed_out()  # statement timeout: try smaller batches
         self.stats.retries += 1
         if self._metrics is not None:
             self._metrics.retry()
-        base, cap = self._backoff
-        delay = random.uniform(0, min(cap, base * 2 ** min(failures, 30)))  # full jitter
-        advice = "" if kind == "outbox" else hint(exc, classify(exc))
-        if kind in ("permission", "schema", "pooler"):  # an operator must act: retry calmly
-            delay = max(delay, min(cap, 5.0))
-        self._last_kind = kind
-        self.stats.last_error = f"{text}{advice}"
-        log.warning(
-            "shipping to %s failed (%s, attempt %d): %s%s; retrying in %.2f s", self.where, kind, failures, text, advice, delay
-        )
+        delay = failure.delay(failures, *self._backoff)
+        self._last_kind, self.stats.last_error = failure.kind, failure.text
+        log.warning("shipping to %s failed (%s, attempt %d): %s; retrying in %.2f s", self.where, failure.kind, failures, failure.text, delay)
         self._connected = self._leader = False
         await self.sink.close()
         try:
-            await self.reader.set_error(f"{text}{advice}")
+            await self.reader.set_error(failure.text)
         except OutboxError:
             pass
         return delay
