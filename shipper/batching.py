@@ -29,7 +29,7 @@ __all__ = ["BatchSizer", "next_limit", "batch_bytes", "MAX_BATCH_BYTES", "TRIP_S
 MAX_BATCH_BYTES = 8 << 20  # ~30k events of ~250 bytes: a 100k backlog 100 ms away in ~4 transactions
 TRIP_SHARE = 0.05  # a batch's fixed cost (round trip, commit) at most about this share of its time
 _ROW_OVERHEAD = 64  # id, topic, timestamp and framing, per row, roughly
-_GUESS_PER_EVENT_S = 4e-6  # before any send was timed: loopback COPY speed, roughly
+_GUESS_PER_EVENT_S = 10e-6  # before any send was timed: a slow loopback COPY, so the first step is modest
 
 
 def batch_bytes(batch: Batch) -> int:

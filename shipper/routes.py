@@ -284,19 +284,30 @@ _MAX_US = 253_402_300_800_000_000  # 10000-01-01
 _scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-def _optional_loads() -> Callable[[str], Any] | None:
-    """orjson's ``loads`` if it is installed (``pip install discord-outbox[fast]``): 3-4x faster
-    than the standard decoder, which is most of a route's cost per event (measured: 0.47 ms
-    against 1.73 ms per 1,000 command payloads)."""
+def _optional_orjson() -> tuple[Callable[[str], Any] | None, Callable[[Any], bytes] | None]:
+    """orjson's ``loads`` and ``dumps`` if it is installed (``pip install discord-outbox[fast]``):
+    3-4x faster than the standard decoder, which is most of a route's cost per event (measured:
+    0.47 ms against 1.73 ms per 1,000 command payloads), and ~5x faster at writing a json/jsonb
+    column's value back out."""
     try:
         module = importlib.import_module("orjson")
     except ImportError:
-        return None
-    loads: Callable[[str], Any] = module.loads
-    return loads
+        return None, None
+    return module.loads, module.dumps
 
 
-_fast_loads = _optional_loads()
+_fast_loads, _fast_dumps = _optional_orjson()
+
+
+def json_text(value: Any) -> str:
+    """A decoded payload value as JSON text for a json/jsonb column (Postgres normalises it, so
+    orjson's spelling and the outbox's agree once there)."""
+    if _fast_dumps is not None:
+        try:
+            return _fast_dumps(value).decode("utf-8")
+        except TypeError:  # e.g. an integer past 64 bits, which the standard encoder takes
+            pass
+    return compact_json(value)
 
 
 def decode_payload(text: str) -> Any:
