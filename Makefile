@@ -40,7 +40,7 @@ torture: venv
 	$(VPY) -m pytest tests/torture -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: venv
-	$(VPY) -m pip install --quiet -e '.[test,bench]'
+	$(VPY) -m pip install --quiet -e '.[test,bench,fast]'
 	$(VPY) -m bench
 
 clean:

@@ -20,6 +20,7 @@ __all__ = ["METHODS", "Scenario", "throughput_table", "breakdown_table", "cpu_ta
 METHODS = {
     "ship": "the shipper",
     "ship_serial": "diagnostic: the shipper, read-ahead off",
+    "ship_stdlib": "the shipper without orjson (the standard json module)",
     "sink": "PostgresSink.send from memory",
     "sink_reading": "diagnostic: PostgresSink.send from memory, reading the next batch beside each send",
     "copy": "raw COPY from memory",
@@ -81,12 +82,13 @@ def throughput_table(scenarios: Sequence[Scenario], trials: Trials, ratios: dict
 
 
 def _per_batch(ts: list[dict[str, Any]], key: str) -> float:
-    return median([t["steps"].get(key, 0.0) / t["batches"] * 1000 for t in ts])
+    """Milliseconds per 1,000 events in step ``key`` (batch sizes differ between methods)."""
+    return median([t["steps"].get(key, 0.0) / t["rows"] * 1e6 for t in ts])
 
 
 def _steps(ts: list[dict[str, Any]], mode: str) -> dict[str, float]:
-    """Milliseconds per batch for each step of one method."""
-    total = median([t["seconds"] / t["batches"] * 1000 for t in ts])
+    """Milliseconds per 1,000 events for each step of one method."""
+    total = median([t["seconds"] / t["rows"] * 1e6 for t in ts])
     if mode == "copy":
         copy = _per_batch(ts, "pg_copy")
         return {"trip": copy, "other": max(0.0, total - copy), "total": total}
@@ -100,7 +102,7 @@ def _steps(ts: list[dict[str, Any]], mode: str) -> dict[str, float]:
         out["send_other"] = max(0.0, send - trip - stmts)
         out["other"] = max(0.0, total - once)
         out["notes"] = median([100 * t["calls"].get("advance", 0) / t["batches"] for t in ts])
-        out["read_any"] = median([t["steps"]["read_pending"] / t["calls"]["read_pending"] * 1000 for t in ts])
+        out["read_any"] = median([t["steps"]["read_pending"] / t["rows"] * 1e6 for t in ts])
         out["read_alone"] = median([median(t["read_alone"]) * 1000 for t in ts])
     else:  # the sink from memory: send itself is not wrapped, its parts are
         out["route"] = route
@@ -124,7 +126,7 @@ _STEPS = (
 def breakdown_table(scenarios: Sequence[Scenario], trials: Trials) -> Table:
     rows = []
     for sc in scenarios:
-        for mode in ("copy", "sink", "sink_reading", "ship", "ship_serial"):
+        for mode in ("copy", "sink", "sink_reading", "ship", "ship_stdlib", "ship_serial"):
             if mode not in sc.modes:
                 continue
             c = _steps(trials[sc.key][mode], mode)
@@ -136,7 +138,7 @@ def breakdown_table(scenarios: Sequence[Scenario], trials: Trials) -> Table:
                 cells.append(f"**{text}**" if key == "total" and text else text)
             rows.append([sc.key, METHODS[mode], *cells])
     return Table(
-        title="Where each batch's time goes (ms per 1,000-event batch, medians over repeats)",
+        title="Where the time goes (ms per 1,000 events, medians over repeats)",
         headers=["backlog", "method", *(label for _, label in _STEPS)],
         rows=rows,
         note="Steps, timed by wrapping the shipper's and the sink's own methods and the connection's "
@@ -149,10 +151,11 @@ def breakdown_table(scenarios: Sequence[Scenario], trials: Trials) -> Table:
              "query (`shipper.pgcopy`); *rest*, everything else in the loop. The last three columns "
              "are not part of the total: how many progress notes (`advance`, a write to the side "
              "file, started in the background at most every 0.1 s while busy) were written per 100 "
-             "batches; *a read, as run*, the mean time of one batch read (`read_pending`, run on the "
-             "loop's thread in steps of 256 rows) in that trial -- with the read-ahead on, it runs "
-             "while the previous batch is in flight -- and *a read, alone*, the same read timed "
-             "before the trial with nothing else running. Backlogs: "
+             "batches; *a read, as run*, the time reading took (`read_pending`, run on the "
+             "loop's thread in steps of 256 rows) per 1,000 events in that trial -- with the read-ahead "
+             "on, it runs while the previous batch is in flight -- and *a read, alone*, 1,000 events "
+             "read before the trial with nothing else running. Every figure is per 1,000 events, so "
+             "methods whose batches differ in size (the shipper's grow) compare directly. Backlogs: "
              + "; ".join(f"{sc.key} = {sc.label}" for sc in scenarios) + ".",
     )
 

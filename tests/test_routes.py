@@ -23,7 +23,8 @@ CREATE TABLE match_results (
     tags text[],
     payload jsonb,
     created_at timestamptz NOT NULL,
-    note text
+    note text,
+    detail jsonb
 )
 """
 ROUTE = {"match_results": "match_results"}
@@ -52,9 +53,28 @@ async def fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def test_payload_keys_fill_typed_columns_and_refused_rows_become_dead_letters(outbox_path: Path, pg_dsn: str) -> None:
+@pytest.fixture(params=["orjson", "json"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a route decodes payloads and writes json columns: orjson (the ``fast`` extra,
+    installed with the test extra) and the standard json module, as a plain install has it."""
+    import orjson  # noqa: F401  (the test extra installs it: never a silent skip)
+
+    import shipper.routes as routes
+
+    if request.param == "json":
+        monkeypatch.setattr(routes, "_fast_loads", None)
+        monkeypatch.setattr(routes, "_fast_dumps", None)
+    else:
+        assert routes._fast_loads is not None and routes._fast_dumps is not None
+    return str(request.param)
+
+
+async def test_payload_keys_fill_typed_columns_and_refused_rows_become_dead_letters(
+    outbox_path: Path, pg_dsn: str, decoder: str
+) -> None:
     await execute(pg_dsn, MATCHES)
-    good = {"winner": 42, "score": 3, "map": "mirage", "played_at": "2024-05-01T10:00:00+02:00", "tags": ["ranked", 'a "b"'], "extra": {"x": 1}}
+    detail = {"k": [1, "two", {"3": None}], "q": 'say "hi" \\ and\ttab', "f": 0.1 + 0.2, "u": "\u00e9\u2028"}
+    good = {"winner": 42, "score": 3, "map": "mirage", "played_at": "2024-05-01T10:00:00+02:00", "tags": ["ranked", 'a "b"'], "extra": {"x": 1}, "detail": detail}
     async with Outbox(outbox_path) as ob:
         ok = await ob.append("match_results", good)
         snowflake = await ob.append("match_results", {"winner": "123456789012345678"})  # defaults and NULLs
@@ -62,16 +82,19 @@ async def test_payload_keys_fill_typed_columns_and_refused_rows_become_dead_lett
         bad_int = await ob.append("match_results", {"winner": 1, "score": 2.5})
         no_winner = await ob.append("match_results", {"score": 1})
         other = await ob.append("clicks", {"i": 1})
+        huge = await ob.append("match_results", {"winner": 7, "detail": {"big": 2**70}})  # past 64 bits: orjson declines
         tail = [await ob.append("match_results", {"winner": i, "score": i}) for i in range(20)]
     async with Shipper(outbox_path, pg_dsn, routes=ROUTE) as s:
         await s.drain(timeout=30)
         assert s.stats.dead == 3
     rows = {str(r["id"]): r for r in await fetch(pg_dsn, "SELECT * FROM match_results")}
-    assert set(rows) == {ok, snowflake, *tail}
+    assert set(rows) == {ok, snowflake, huge, *tail}
+    assert json.loads(rows[huge]["detail"]) == {"big": 2**70}
     row = rows[ok]
     assert (row["winner"], row["score"], row["map"], row["tags"]) == (42, 3, "mirage", ["ranked", 'a "b"'])
     assert row["played_at"].isoformat() == "2024-05-01T08:00:00+00:00"  # Postgres converted the text
     assert json.loads(row["payload"]) == good and row["note"] is None  # the whole payload; "extra" has no column
+    assert json.loads(row["detail"]) == detail  # a json column from a payload key, escapes and all
     bare = rows[snowflake]
     assert (bare["winner"], bare["score"], bare["map"], bare["tags"]) == (123456789012345678, None, "dust2", None)
     events = await fetch(pg_dsn, "SELECT id::text, created_at FROM outbox_events")

@@ -14,6 +14,8 @@ Usage: ``python -m bench.procs.drainer MODE PATH DSN [BATCH]``
     ``BATCH``-row batches (one implicit transaction each) into ``raw_copy_*`` tables of the same
     shape: raw COPY, the floor.
 
+``ship_stdlib``: the shipper without orjson (the standard json module), as a plain install runs it.
+
 Two diagnostics: ``ship_serial``, the shipper with its read-ahead turned off (each batch read
 when needed), and ``sink_reading``, ``sink`` reading the next batch from the outbox beside each
 send, as the shipper's read-ahead does (the batches sent are still the ones read beforehand).
@@ -233,6 +235,15 @@ def _no_read_ahead() -> None:
     readahead_module.asyncio = proxy  # type: ignore[attr-defined,assignment]
 
 
+async def ship_stdlib(path: str, dsn: str, batch: int) -> dict[str, Any]:
+    """The shipper as a plain install has it: payloads decoded (and json columns written) by the
+    standard json module, orjson (the ``fast`` extra, installed for the benchmarks) set aside."""
+    import shipper.routes as routes
+
+    routes._fast_loads = routes._fast_dumps = None  # type: ignore[attr-defined]
+    return await ship(path, dsn, batch, mode="ship_stdlib")
+
+
 async def ship_serial(path: str, dsn: str, batch: int) -> dict[str, Any]:
     _no_read_ahead()
     return await ship(path, dsn, batch, mode="ship_serial")
@@ -387,6 +398,7 @@ def _typed(events: list[Event]) -> list[tuple[str, tuple[str, ...], list[tuple[A
 MODES: dict[str, Callable[[str, str, int], Coroutine[Any, Any, dict[str, Any]]]] = {
     "ship": ship,
     "ship_serial": ship_serial,
+    "ship_stdlib": ship_stdlib,
     "sink": sink,
     "sink_reading": sink_reading,
     "copy": copy,
