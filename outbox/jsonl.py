@@ -44,7 +44,8 @@ async def export_events(
     """Write the selected events to ``out`` as JSON lines, in seq order; return how many.
 
     Each record is :func:`outbox.maintenance.event_record` plus ``status`` (``pending``,
-    ``shipped`` or ``dead``). Events an operator dropped are left out.
+    ``shipped`` or ``dead``; a dead letter sent for retry is ``pending``). Events an operator
+    dropped are left out.
     """
     cursor = await reader.cursor()
     aside = {int(seq): str(status) for seq, status in await reader.db.execute_fetchall("SELECT seq, status FROM ship.dead")}
@@ -55,7 +56,12 @@ async def export_events(
             state = aside.get(event.seq)
             if state == "dropped":
                 continue
-            status = "dead" if state is not None else ("shipped" if event.seq <= cursor else "pending")
+            if state == "dead":
+                status = "dead"
+            elif state == "retry":  # sent for another attempt: pending again, as `outbox status` counts it
+                status = "pending"
+            else:
+                status = "shipped" if event.seq <= cursor else "pending"
             lines.append(json.dumps(event_record(event, status), ensure_ascii=False, separators=(",", ":")))
         if lines:
             out.write(("\n".join(lines) + "\n").encode("utf-8"))

@@ -112,6 +112,27 @@ def test_export_import_round_trip_keeps_ids_and_adds_nothing_twice(cli: Cli, tmp
     assert (status["pending"], status["shipped"]) == (35, 0)  # imported events wait for the shipper
 
 
+def test_export_calls_a_dead_letter_sent_for_retry_pending_as_status_does(cli: Cli, tmp_path: Path) -> None:
+    """`outbox dead retry` makes a dead letter pending again: `outbox status` counts it pending,
+    and export must say the same (it said "dead")."""
+    box = tmp_path / "a.db"
+    ids = run(fill(box, 3, "clicks"))
+
+    async def set_aside_and_retry() -> None:
+        async with OutboxReader(box) as reader:
+            events = await reader.read_pending(10)
+            await reader.set_aside([(events[0], "refused"), (events[1], "refused")])
+            assert await reader.retry_dead(ids=[ids[0]]) == 1
+
+    run(set_aside_and_retry())
+    exported = cli("outbox", "export", str(box))
+    assert exported.code == 0, exported.stderr
+    status = {r["id"]: r["status"] for r in map(json.loads, exported.stdout.splitlines())}
+    assert status == {ids[0]: "pending", ids[1]: "dead", ids[2]: "pending"}
+    counts = json.loads(cli("outbox", "status", str(box), "--json").stdout)
+    assert (counts["pending"], counts["dead"]) == (2, 1)
+
+
 def test_export_selects_by_time_and_topic(cli: Cli, tmp_path: Path) -> None:
     now = time.time()
     at = {age: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - age * 86400)) for age in (5, 2, 0.04)}
