@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from bot.simulate import SimulationConfig, SimulationResult, percentile, simulate
+from shipper.wakeup import LINGER_S
 
 from .backlog import wait_shipped
 from .discord_kinds import KINDS, KindSamples, measure_kinds
@@ -162,7 +163,7 @@ def _section(runs: list[Run], commands: int, repeats: int, seconds: float) -> Se
     section.notes.append(
         f"The in-process shipper added {_signed(over('inprocess') - over('outbox'))} per command (p50) to "
         "the outbox alone in this run: woken by the appends, it gathers those that keep coming for up "
-        "to 10 ms (`shipper/wakeup.py`), then reads and sends them as one batch on the bot's event "
+        f"to {LINGER_S * 1000:g} ms (`shipper/wakeup.py`), then reads and sends them as one batch on the bot's event "
         "loop, between commands. A sidecar process shipping the same file added "
         f"{_signed(over('sidecar') - over('outbox'))}."
     )

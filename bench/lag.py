@@ -2,7 +2,7 @@
 
 A child process appends command events at a steady rate (:mod:`bench.procs.pacer`) while the
 shipper runs either in that same process (``Shipper(outbox=ob)``, woken by appends, gathering
-those that keep coming for up to 10 ms, see :mod:`shipper.wakeup`) or as a
+those that keep coming for up to ``LINGER_S``, see :mod:`shipper.wakeup`) or as a
 sidecar process (:mod:`bench.procs.sidecar`, polling every ``flush_interval``, default 50 ms).
 Visibility is learnt from Postgres itself (:mod:`bench.watch`): a NOTIFY sent by each ledger row
 arrives when its batch commits. Each event's lag is that arrival minus its ``created_at`` (the
@@ -18,11 +18,15 @@ from typing import Any
 
 import asyncpg
 
+from shipper.wakeup import LINGER_S
+
 from .backlog import PLAIN_TOPIC, outbox_id, prepare_database, read_topic, reset_database, wait_shipped
 from .children import Child
 from .core import Chart, Check, Context, Section, Table
 from .timing import distribution, fmt_range, fmt_us, median, percentile
 from .watch import LedgerWatcher, lags_us
+
+_LINGER_MS = LINGER_S * 1000  # how long the in-process shipper gathers appends that keep coming
 
 __all__ = ["run", "Trial", "lag_trial_stats"]
 
@@ -194,9 +198,10 @@ async def run(ctx: Context) -> Section:
         "even at 10,000/s, so within a few milliseconds it finds nothing and waits the full interval "
         "again: its lag is spread over 0-50 ms plus a batch's shipping time at every rate here. The "
         "in-process shipper is woken by appends instead: the first after a quiet spell ships at once, "
-        "and while the rate says another will come within 10 ms it waits until the first is 10 ms old "
-        "(or a batch's worth has come), so its lag is about 10 ms plus a batch's shipping time at "
-        "rates of 100/s and up, for a tenth of the batches (see the inprocess section for the CPU).",
+        f"and while the rate says another will come within {_LINGER_MS:g} ms it waits until the first is "
+        f"{_LINGER_MS:g} ms old (or a batch's worth has come), so its lag is about {_LINGER_MS:g} ms plus a "
+        "batch's shipping time at rates of 100/s and up, for far fewer batches (see the inprocess "
+        "section for the CPU).",
         "The trigger that sends the NOTIFY runs in the shipper's transaction: one `pg_notify` per "
         "batch, small next to the COPY, but it is there.",
     ]
