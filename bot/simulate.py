@@ -208,9 +208,12 @@ async def _run_block(
             start = time.perf_counter_ns()
             dispatch(bot, payload)
             try:
-                end = await asyncio.wait_for(done, timeout)
+                end = await asyncio.wait_for(asyncio.shield(done), timeout)
             except asyncio.TimeoutError:
                 raise SimulationError(f"/{name} did not finish within {timeout:g} s") from None
+            except asyncio.CancelledError:  # Ctrl-C: the command in flight ends before anything closes
+                await _let_finish(done, timeout)
+                raise
             if not answered.done():
                 standin.forget(interaction_id)
                 raise SimulationError(f"/{name} finished without answering the interaction")
@@ -223,6 +226,16 @@ async def _run_block(
             del bot.tree._call  # the class's own method again
         else:
             setattr(bot.tree, "_call", timed.inner)
+
+
+async def _let_finish(done: asyncio.Future[int], timeout: float) -> None:
+    """Wait (at most ``timeout``) for the command in flight, so that its answer reaches the
+    stand-in and its row the outbox; else closing the bot's HTTP session under it makes discord.py
+    log a traceback for a command that did nothing wrong."""
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        pass
 
 
 async def _outbox_rows(path: Path) -> int:
