@@ -184,13 +184,13 @@ def _diagnosis(trials: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
     def r(a: str, b: str) -> str:
         return fmt_ratio(median([(x["rows"] / x["seconds"]) / (y["rows"] / y["seconds"]) for x, y in zip(ev[a], ev[b])]))
 
-    def ms(mode: str, key: str) -> str:
-        return f"{median([t['steps'].get(key, 0.0) / t['batches'] * 1000 for t in ev[mode]]):.2f} ms"
+    def ms(mode: str, key: str) -> str:  # per 1,000 events, as the breakdown table (batch sizes differ)
+        return f"{median([t['steps'].get(key, 0.0) / t['rows'] * 1e6 for t in ev[mode]]):.2f} ms"
 
-    def read(mode: str, key: str) -> str:
+    def read(mode: str, key: str) -> str:  # per 1,000 events
         if key == "alone":
             return f"{median([median(t['read_alone']) * 1000 for t in ev[mode]]):.2f} ms"
-        return f"{median([t['steps']['read_pending'] / t['calls']['read_pending'] * 1000 for t in ev[mode]]):.2f} ms"
+        return f"{median([t['steps']['read_pending'] / t['rows'] * 1e6 for t in ev[mode]]):.2f} ms"
 
     notes = (
         sum(t["calls"].get("advance", 0) for t in ev["ship"]),
@@ -199,16 +199,16 @@ def _diagnosis(trials: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
     return [
         f"The exactly-once transaction alone (sink from memory) ran at {r('sink', 'copy')} of raw COPY: "
         "the same single round trip per batch, plus the ledger row's INSERT and the routing of "
-        f"events to rows ({ms('sink', 'route')} per batch, which the shipper does while the previous "
+        f"events to rows ({ms('sink', 'route')} per 1,000 events, which the shipper does while the previous "
         "batch is in flight).",
         f"Reading the next batch from the outbox beside each send, the same sink ran at "
         f"{r('sink_reading', 'sink')} of itself. The read runs on the event loop's thread, 256 rows "
         "at a time, once the COPY has been sent: it fills the time the loop would otherwise spend "
-        f"waiting for Postgres. In the shipper a batch read took {read('ship', 'run')} that way, "
-        f"{read('ship', 'alone')} alone.",
+        f"waiting for Postgres. In the shipper reading took {read('ship', 'run')} per 1,000 events that "
+        f"way, {read('ship', 'alone')} alone.",
         f"The shipper with its read-ahead on ran at {r('ship', 'ship_serial')} of the same shipper with "
         f"it off (each batch read, routed and sent one after the other: {ms('ship_serial', 'ship_once')} "
-        f"per batch in `_ship_once`). Progress notes in the side file ran in the background, "
+        f"per 1,000 events in `_ship_once`). Progress notes in the side file ran in the background, "
         f"{notes[0]} for {notes[1]} batches over the repeats (at most one per 0.1 s while busy; "
         "Postgres's ledger is what a restarted shipper resumes from).",
     ]
