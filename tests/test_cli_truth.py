@@ -6,6 +6,7 @@ processes, against a real Postgres where one is needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -541,7 +542,7 @@ def test_sigint_in_the_middle_of_python_m_bot_simulate_is_one_line(
         if proc.poll() is not None:
             return True
         try:
-            with sqlite3.connect(f"file:{box}?mode=ro", uri=True) as db:
+            with contextlib.closing(sqlite3.connect(f"file:{box}?mode=ro", uri=True)) as db:  # `with` alone leaves it open
                 return int(db.execute("SELECT count(*) FROM events").fetchone()[0]) > after
         except sqlite3.Error:
             return False
