@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ from outbox import Outbox, OutboxReader
 from shipper.cli import shipper as shipper_group
 from shipper.outbox_cli import cli as outbox_group
 
-__all__ = ["Outcome", "Cli", "with_password", "fill", "rows_in", "run"]
+__all__ = ["Outcome", "Cli", "with_password", "fill", "rows_in", "run", "on_a_terminal"]
 
 GROUPS = {"outbox": outbox_group, "shipper": shipper_group}
 
@@ -125,3 +128,31 @@ def env_without_dsn() -> dict[str, str]:
     for key in ("OUTBOX_PATH", "OUTBOX_DSN", "DATABASE_URL"):
         env.pop(key, None)
     return env
+
+
+def on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, bytes]:
+    """Run a command with stderr on a pseudo-terminal; return its code and what it drew there."""
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary, env=env)
+        os.close(secondary)
+        secondary = -1
+        seen = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(primary, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=60), seen
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)

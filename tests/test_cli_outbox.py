@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import sqlite3
 import subprocess
 import time
@@ -16,7 +14,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli_support import GROUPS, Cli, Outcome, fill, mark_shipped, run, script_path
+from cli_support import GROUPS, Cli, Outcome, fill, mark_shipped, on_a_terminal, run, script_path
 from outbox import OutboxReader, uuid7
 
 CONTRACT_KEYS = {"pending", "shipped", "dead", "oldest_pending_age_s", "bytes"}
@@ -352,36 +350,10 @@ def test_progress_bars_only_on_a_terminal(tmp_path: Path, outbox_path: Path, sub
         [str(script_path("outbox")), "export", str(outbox_path)], capture_output=True, env=subprocess_env, timeout=60
     )
     assert plain.returncode == 0 and plain.stderr == b""  # quiet when stderr is not a terminal
-    primary, secondary = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            [str(script_path("outbox")), "export", str(outbox_path), "-o", str(tmp_path / "x.jsonl")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=secondary,
-            env=subprocess_env,
-        )
-        os.close(secondary)
-        secondary = -1
-        seen = b""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([primary], [], [], 1.0)
-            if ready:
-                try:
-                    chunk = os.read(primary, 4096)
-                except OSError:  # the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            elif proc.poll() is not None:
-                break
-        assert proc.wait(timeout=60) == 0
-    finally:
-        os.close(primary)
-        if secondary >= 0:
-            os.close(secondary)
+    code, seen = on_a_terminal(
+        [str(script_path("outbox")), "export", str(outbox_path), "-o", str(tmp_path / "x.jsonl")], subprocess_env
+    )
+    assert code == 0
     assert b"exporting" in seen and b"3000/3000" in seen
     assert len((tmp_path / "x.jsonl").read_text().splitlines()) == 3000
 

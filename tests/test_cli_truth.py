@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import Cli, Outcome, fill, mark_shipped, rows_in, run, script_path, with_password
+from cli_support import Cli, Outcome, fill, mark_shipped, on_a_terminal, rows_in, run, script_path, with_password
 from outbox import OutboxReader
 
 UNREACHABLE = "postgresql://u:s3cret@127.0.0.1:1/db"
@@ -461,45 +461,13 @@ def test_the_demo_leads_with_the_proof_and_shows_where_to_look(subprocess_env: d
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, bytes]:
-    """Run a command with stderr on a pseudo-terminal; return its code and what it drew there."""
-    import os
-    import pty
-    import select
-
-    primary, secondary = pty.openpty()
-    try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary, env=env)
-        os.close(secondary)
-        secondary = -1
-        seen = b""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([primary], [], [], 1.0)
-            if ready:
-                try:
-                    chunk = os.read(primary, 4096)
-                except OSError:  # the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            elif proc.poll() is not None:
-                break
-        return proc.wait(timeout=60), seen
-    finally:
-        os.close(primary)
-        if secondary >= 0:
-            os.close(secondary)
-
-
 def test_import_progress_shows_sizes_not_raw_byte_counts(cli: Cli, tmp_path: Path, subprocess_env: dict[str, str]) -> None:
     source = tmp_path / "source.db"
     run(fill(source, 3000))
     dump = tmp_path / "events.jsonl"
     assert cli("outbox", "export", str(source), "-o", str(dump)).code == 0
     size = dump.stat().st_size
-    code, seen = _on_a_terminal([str(script_path("outbox")), "import", str(tmp_path / "new.db"), str(dump)], subprocess_env)
+    code, seen = on_a_terminal([str(script_path("outbox")), "import", str(tmp_path / "new.db"), str(dump)], subprocess_env)
     assert code == 0, seen
     assert b"reading" in seen and b"KiB of " in seen, seen
     assert f"/{size}".encode() not in seen  # no "181608/37124893"
