@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from pgproxy import Upstream
 
 __all__ = ["DelayProxy"]
 
@@ -22,10 +23,7 @@ class DelayProxy:
     def __init__(self, dsn: str, delay: float = 0.0) -> None:
         self.target = dsn
         self.delay = delay
-        parts = urlsplit(dsn)
-        host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
-        self._unix = f"{host}/.s.PGSQL.{parts.port or 5432}" if host.startswith("/") else None
-        self._tcp = (host, parts.port or 5432)
+        self._upstream = Upstream(dsn)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -35,10 +33,7 @@ class DelayProxy:
 
     def dsn(self, dsn: str | None = None) -> str:
         """``dsn`` (default: the target) reached through the proxy."""
-        parts = urlsplit(dsn or self.target)
-        user = parts.username or "postgres"
-        auth = f"{user}:{parts.password}@" if parts.password else f"{user}@"
-        return urlunsplit(("postgresql", f"{auth}127.0.0.1:{self.port}", parts.path, "", ""))
+        return self._upstream.through(self.port, dsn)
 
     def reset(self) -> None:
         """Start counting from zero."""
@@ -70,10 +65,7 @@ class DelayProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if self._unix:
-                up_reader, up_writer = await asyncio.open_unix_connection(self._unix)
-            else:
-                up_reader, up_writer = await asyncio.open_connection(*self._tcp)
+            up_reader, up_writer = await self._upstream.open()
         except OSError:
             writer.close()
             return

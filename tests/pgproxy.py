@@ -10,7 +10,34 @@ import asyncio
 import contextlib
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-__all__ = ["PgProxy"]
+__all__ = ["PgProxy", "Upstream"]
+
+
+class Upstream:
+    """Where a test proxy forwards to: the server of ``dsn``, over TCP or its Unix socket.
+
+    Shared by :class:`PgProxy` and :class:`delayproxy.DelayProxy`.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        parts = urlsplit(dsn)
+        host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
+        self._unix = f"{host}/.s.PGSQL.{parts.port or 5432}" if host.startswith("/") else None
+        self._tcp = (host, parts.port or 5432)
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the server (OSError if it is not there)."""
+        if self._unix:
+            return await asyncio.open_unix_connection(self._unix)
+        return await asyncio.open_connection(*self._tcp)
+
+    def through(self, port: int, dsn: str | None = None) -> str:
+        """``dsn`` (default: the upstream's) reached through a proxy on 127.0.0.1:``port``."""
+        parts = urlsplit(dsn or self.dsn)
+        user = parts.username or "postgres"
+        auth = f"{user}:{parts.password}@" if parts.password else f"{user}@"
+        return urlunsplit(("postgresql", f"{auth}127.0.0.1:{port}", parts.path, "", ""))
 
 
 class PgProxy:
@@ -18,10 +45,7 @@ class PgProxy:
 
     def __init__(self, dsn: str) -> None:
         self.target = dsn
-        parts = urlsplit(dsn)
-        host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
-        self._unix = f"{host}/.s.PGSQL.{parts.port or 5432}" if host.startswith("/") else None
-        self._tcp = (host, parts.port or 5432)
+        self._upstream = Upstream(dsn)
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -29,10 +53,7 @@ class PgProxy:
     @property
     def dsn(self) -> str:
         """A DSN for the same database, through the proxy."""
-        parts = urlsplit(self.target)
-        user = parts.username or "postgres"
-        auth = f"{user}:{parts.password}@" if parts.password else f"{user}@"
-        return urlunsplit(("postgresql", f"{auth}127.0.0.1:{self.port}", parts.path, "", ""))
+        return self._upstream.through(self.port)
 
     async def start(self) -> None:
         """Listen (again) on the same port."""
@@ -56,10 +77,7 @@ class PgProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if self._unix:
-                up_reader, up_writer = await asyncio.open_unix_connection(self._unix)
-            else:
-                up_reader, up_writer = await asyncio.open_connection(*self._tcp)
+            up_reader, up_writer = await self._upstream.open()
         except OSError:
             writer.close()
             return
