@@ -13,24 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from child_procs import start_appender
 from outbox import Outbox, OutboxReader
-
-APPENDER = str(Path(__file__).parent / "procs" / "append_loop.py")
-
-
-def start_appender(path: Path, env: dict[str, str], topic: str = "t", durability: str = "process") -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, APPENDER, str(path), topic, durability],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line == "ready\n", (line, proc.stderr.read() if proc.stderr else "")
-    return proc
-
 
 def kill_and_collect(proc: subprocess.Popen[str]) -> list[str]:
     os.kill(proc.pid, signal.SIGKILL)

@@ -12,17 +12,16 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from child_procs import start_sidecar
 from outbox import Outbox
 from shipper import Shipper, migrate
 
-SIDECAR = str(Path(__file__).parent / "procs" / "sidecar.py")
 
 
 async def append(path: Path, n: int, tag: str) -> list[str]:
@@ -80,20 +79,6 @@ async def test_one_of_two_shippers_ships_and_a_clean_stop_hands_over_at_once(
     assert ledger_rows == 800  # every batch's rows counted once: nothing was shipped twice
 
 
-def start_sidecar(path: Path, dsn: str, env: dict[str, str], ttl: float) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, SIDECAR, str(path), dsn, "100", str(ttl)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line == "ready\n", (line, proc.communicate(timeout=10))
-    return proc
-
-
 async def test_a_frozen_leader_is_replaced_and_on_waking_stands_by(
     outbox_path: Path, pg_dsn: str, route_dsn: Callable[[str], str], subprocess_env: dict[str, str]
 ) -> None:
@@ -102,11 +87,11 @@ async def test_a_frozen_leader_is_replaced_and_on_waking_stands_by(
     dsn = route_dsn(pg_dsn)
     await migrate(pg_dsn)
     expected = await append(outbox_path, 500, "before")
-    leader = start_sidecar(outbox_path, dsn, subprocess_env, ttl=2.0)
+    leader = start_sidecar(outbox_path, dsn, subprocess_env, batch_size=100, ttl=2.0)
     standby: subprocess.Popen[str] | None = None
     try:
         await wait_for(lambda: _count(pg_dsn, 500), "the leader ships")
-        standby = start_sidecar(outbox_path, dsn, subprocess_env, ttl=2.0)
+        standby = start_sidecar(outbox_path, dsn, subprocess_env, batch_size=100, ttl=2.0)
         os.kill(leader.pid, signal.SIGSTOP)
         expected += await append(outbox_path, 500, "frozen")
         await wait_for(lambda: _count(pg_dsn, 1000), "the standby takes over from the frozen leader")

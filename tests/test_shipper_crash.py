@@ -6,31 +6,13 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
 
+from child_procs import start_sidecar
 from outbox import Outbox, OutboxReader
 from shipper import Shipper
-
-SIDECAR = str(Path(__file__).parent / "procs" / "sidecar.py")
-
-
-def start_sidecar(path: Path, dsn: str, env: dict[str, str], batch_size: int = 200) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, SIDECAR, str(path), dsn, str(batch_size)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line == "ready\n", (line, proc.communicate(timeout=10))
-    return proc
-
 
 async def count_rows(dsn: str) -> tuple[int, set[str]]:
     conn = await asyncpg.connect(dsn)
