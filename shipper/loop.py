@@ -144,7 +144,6 @@ class Shipper:
         self._leader = False
         self._said_standby = False
         self._notes = Progress(self.reader)
-        self.max_batch_bytes = max_batch_bytes
         self._lease = LeaseKeeper(sink, lease_ttl)
         self._sizer = BatchSizer(batch_size, max_batch_bytes, lambda: self._lease.trip_s)
         self._last_kind: str | None = None
@@ -281,6 +280,11 @@ class Shipper:
                 await asyncio.wait_for(self._progress.wait(), wait)
             except asyncio.TimeoutError:
                 pass
+
+    @property
+    def max_batch_bytes(self) -> int:
+        """The most bytes a batch grows to (0: none grow); the batch sizer holds it."""
+        return self._sizer.max_bytes
 
     @property
     def _cursor(self) -> int:
