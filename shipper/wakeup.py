@@ -22,11 +22,14 @@ import time
 
 __all__ = ["LINGER_S", "Wakeup"]
 
-LINGER_S = 0.02
-"""The most an append waits for company: under half the lag target (p99 <= 50 ms at 1,000/s),
-and at 1,000 appends/s about twenty events a batch. Measured (``python -m bench inprocess``): at
-10 ms a batch of ~11 events cost the bot ~1 ms of CPU (the read, the one query, the bookkeeping),
-so doubling the linger took ~20 us off every command at 1,000/s, for ~10 ms more lag."""
+LINGER_S = 0.03
+"""The most an append waits for company: the lag target (p99 <= 50 ms at 1,000/s) less what a
+look, a read and a send take at worst, and at 1,000 appends/s about thirty events a batch. A
+batch costs the bot about 1.2 ms of CPU whatever its size (the read, the one query, the
+bookkeeping; measured with ``python -m bench inprocess`` at 1,000 and 5,000/s: +60 us a command
+at ~22 events a batch, +14 us at ~108), so the linger is what the cost per command is divided
+by: 10 ms gave +60 us a command on a fast host, 20 ms +43 us there and +55-77 us on a slower
+one, for a lag p99 of the linger plus ~3 ms."""
 
 _COMPANY = 1.0  # linger only if another append is expected within the linger
 _SMOOTHING = 0.5  # weight of the newest look in the rate estimate
