@@ -8,7 +8,6 @@ traceback or a password, and the same exit codes (2 usage, 3 outbox, 4 Postgres,
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import click
 
 from outbox import OutboxError
 from outbox.clitools import EXIT_OUTBOX, EXIT_POSTGRES, CliGroup, FilePath
+from outbox.clitools import run as run_coroutine
 from shipper.outbox_cli import register_postgres_errors
 
 __all__ = ["main"]
@@ -115,7 +115,7 @@ def run(token: str | None, outbox_path: Path, dsn: str | None, sync: bool, log_l
     _setup_logging(log_level)
     config = RunConfig(token=token.strip(), outbox_path=outbox_path, dsn=dsn or None, sync=sync)
     try:
-        asyncio.run(run_bot(config))
+        run_coroutine(run_bot(config))
     except RunError as exc:
         raise _run_failure(str(exc)) from None
     except KeyboardInterrupt:
@@ -160,7 +160,7 @@ def simulate(
         commands=commands, outbox_path=outbox_path, dsn=dsn, baseline=baseline, block=block, warmup=warmup, seed=seed
     )
     try:
-        result = asyncio.run(run_simulation(config))
+        result = run_coroutine(run_simulation(config))
     except SimulationError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("\n".join(format_report(result)))

@@ -276,8 +276,15 @@ class CliGroup(click.Group):
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine to completion."""
-    return asyncio.run(coro)
+    """Run a command's coroutine to completion.
+
+    Closed whatever happens: a Ctrl-C that lands before ``asyncio.run`` starts it would otherwise
+    leave it never awaited, and Python would print a warning under the CLI's one line.
+    """
+    try:
+        return asyncio.run(coro)
+    finally:
+        coro.close()  # a no-op once it has run
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 import logging
 from datetime import datetime, timezone
 
@@ -154,3 +155,30 @@ def test_log_lines_are_one_line_json_without_passwords_or_tracebacks(capsys: pyt
     assert "ConnectionError" in record["message"] and "postgresql://u:***@h/db" in record["message"]
     assert "s3cret" not in lines[0] and "Traceback" not in lines[0]
     assert lines[1].endswith("INFO    test.cli: plain 1 outbox=x.db")
+
+
+def test_an_interrupt_before_a_command_starts_leaves_no_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C can land after a command's coroutine is made but before asyncio.run starts it (CI
+    saw it once on 3.13, in `outbox export`): the coroutine must be closed, or Python prints
+    "coroutine was never awaited" under the CLI's one line."""
+    import asyncio
+    import gc
+    import warnings
+
+    from outbox import clitools
+
+    async def command() -> int:
+        return 0
+
+    def interrupted(coro: Any, **_: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(asyncio, "run", interrupted)
+    coro = command()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(KeyboardInterrupt):
+            clitools.run(coro)
+        del coro
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
