@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -12,13 +14,27 @@ __all__ = ["Metrics"]
 log = logging.getLogger(__name__)
 
 
+class _Registry(CollectorRegistry):  # type: ignore[misc]
+    """A registry whose scrape waits for a refresh of the backlog gauges to finish, so that
+    ``outbox_pending`` and ``outbox_lag_seconds`` always come from the same count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updating = threading.Lock()
+
+    def collect(self) -> Iterator[Any]:
+        with self.updating:
+            metrics = list(super().collect())
+        yield from metrics
+
+
 class Metrics:
     """The shipper's counters, served over HTTP on 127.0.0.1 while the shipper runs."""
 
     def __init__(self, port: int, addr: str = "127.0.0.1") -> None:
         self.port = port
         self.addr = addr
-        self.registry = CollectorRegistry()
+        self.registry = _Registry()
         r = self.registry
         self.pending = Gauge("outbox_pending", "Events waiting to be shipped", registry=r)
         self.lag = Gauge("outbox_lag_seconds", "Age of the oldest pending event", registry=r)
@@ -59,6 +75,7 @@ class Metrics:
         self.retries.inc()
 
     def gauges(self, pending: int, lag_s: float) -> None:
-        """Set the backlog gauges."""
-        self.pending.set(pending)
-        self.lag.set(lag_s)
+        """Set the backlog gauges, both or neither as a scrape sees them (it runs on the HTTP thread)."""
+        with self.registry.updating:
+            self.pending.set(pending)
+            self.lag.set(lag_s)
