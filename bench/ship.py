@@ -83,9 +83,9 @@ async def _scenarios(ctx: Context) -> tuple[list[Scenario], list[str], list[str]
                  table="outbox_events", repeats=reps_big),
     ]
     notes = [f"Postgres: {where}."]
-    if importlib.util.find_spec("orjson") is None:
-        notes.append("orjson is not installed here (`make bench` installs the `fast` extra): *the shipper* "
-                     "and *the shipper without orjson* are then the same.")
+    if importlib.util.find_spec("orjson") is None or importlib.util.find_spec("msgspec") is None:
+        notes.append("orjson or msgspec is not installed here (`make bench` installs the `fast` extra): "
+                     "*the shipper* is then closer to *the shipper without the fast extra*.")
     tcp = await server_version(LOOPBACK_DSN, timeout=2)
     if tcp:
         tcp_dsn = await ctx.postgres.create_database("bench_ship", dsn=LOOPBACK_DSN)
@@ -259,8 +259,8 @@ def _intro(scenarios: list[Scenario]) -> str:
         "**the shipper** (`Shipper(path, dsn)` with its defaults: batches of 1,000 events, growing "
         "while a backlog waits until a transaction's fixed cost is about 5% of one, each one "
         "transaction holding a ledger row and a COPY, sent as one query; the next batch read "
-        "ahead while one is in flight; orjson installed, as the `fast` extra does, and for the "
-        "typed backlogs also without it), timed "
+        "ahead while one is in flight; orjson and msgspec installed, as the `fast` extra does, and "
+        "for the typed backlogs also without them), timed "
         "from its first batch to the last commit; **`PostgresSink.send` from memory**, the same "
         "transactions with the events read beforehand (the sink without the loop); and **raw COPY**: "
         "the same rows, built beforehand, sent with asyncpg `copy_records_to_table` in 1,000-row "

@@ -20,7 +20,7 @@ __all__ = ["METHODS", "Scenario", "throughput_table", "breakdown_table", "cpu_ta
 METHODS = {
     "ship": "the shipper",
     "ship_serial": "diagnostic: the shipper, read-ahead off",
-    "ship_stdlib": "the shipper without orjson (the standard json module)",
+    "ship_stdlib": "the shipper without the fast extra (the standard json module)",
     "sink": "PostgresSink.send from memory",
     "sink_reading": "diagnostic: PostgresSink.send from memory, reading the next batch beside each send",
     "copy": "raw COPY from memory",

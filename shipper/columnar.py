@@ -4,8 +4,9 @@ The per-event encoder (:mod:`shipper.copyrows`) runs a dozen bytecodes per value
 ``command_calls``, 4.6-8 us per event (decoding the JSON is 1.4-2 us of it), so a typed route
 shipped at 0.6-0.7x raw COPY where plain ``outbox_events`` ships at 1.0x. Most batches are
 uniform (every payload has the same keys, every column's values the same type), and then each
-step can run over the whole batch in C: ``map`` decodes every payload, one ``itemgetter`` per
-key turns them into columns, ``set(map(type, column))`` checks a column's types
+step can run over the whole batch in C: ``map`` decodes every payload (with msgspec, when the
+``fast`` extra installs it, straight into a struct of the keys the table reads: see
+:func:`_row_decoder`), one ``itemgetter`` (or ``attrgetter``) per key turns them into columns, ``set(map(type, column))`` checks a column's types
 in one pass, ``map(str, column)`` writes it, and ``"\\t".join`` over ``zip`` writes the lines.
 Measured in a drain of 100k ``command_calls`` events here: routing took 12% less time per event
 than event by event (median of 6 pairs, 7.3 against 8.3 us), and the drain ran 10% faster.
@@ -31,6 +32,7 @@ paths write the same text for the same event (``tests/test_copy_text.py`` checks
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import operator
 import time
@@ -101,6 +103,9 @@ def columnar_encoder(
     getters = [operator.itemgetter(name) for name in fetched]  # a column per pass: no tuple per event
     unwanted = (*absent, *nulls)  # keys whose presence changes the event's shape
     loads, dumps = _fast_loads, _fast_dumps
+    read_row = _row_decoder(fetched, unwanted)
+    row_getters = [operator.attrgetter(f"k{i}") for i in range(len(fetched))]
+    unwanted_getters = [operator.attrgetter(f"k{i}") for i in range(len(fetched), len(fetched) + len(unwanted))]
 
     def general(fn: Callable[[Any], str]) -> Fields:
         return lambda values, _dirty: map(fn, values)
@@ -149,13 +154,20 @@ def columnar_encoder(
             texts = list(map(_TEXT, events))
             joined = ",".join(texts)
             dirty = "\\" in joined
-            datas = decode(texts, joined)
-            if datas is None or set(map(type, datas)) != {dict}:
-                return None
-            for name in unwanted:
-                if any(map(operator.contains, datas, itertools.repeat(name))):
+            if read_row is not None:
+                decoded = list(map(read_row, texts))  # a payload that is not one object with every key raises
+                for get in unwanted_getters:
+                    if set(map(get, decoded)) != _ONLY_UNSET:
+                        return None
+                by_key = [list(map(get, decoded)) for get in row_getters]
+            else:
+                datas = decode(texts, joined)
+                if datas is None or set(map(type, datas)) != {dict}:
                     return None
-            by_key = [list(map(get, datas)) for get in getters]  # KeyError: a key is missing
+                for name in unwanted:
+                    if any(map(operator.contains, datas, itertools.repeat(name))):
+                        return None
+                by_key = [list(map(get, datas)) for get in getters]  # KeyError: a key is missing
             out: list[Any] = []
             for fill, fields, index in plan:
                 if fill == 0:
@@ -176,6 +188,34 @@ def columnar_encoder(
             return None
 
     return encode
+
+
+def _optional_msgspec() -> Any:
+    try:
+        return importlib.import_module("msgspec")
+    except ImportError:
+        return None
+
+
+_msgspec = _optional_msgspec()
+_ONLY_UNSET = {getattr(_msgspec, "UNSET", None)}
+
+
+def _row_decoder(keys: Sequence[str], unwanted: Sequence[str]) -> Callable[[str], Any] | None:
+    """msgspec's decoder of one payload into a struct of ``keys`` (each required, any JSON value)
+    and ``unwanted`` (UNSET unless present), if msgspec is installed (the ``fast`` extra), else
+    None. It reads only the keys a route writes, into slots rather than a dict, and keeps every
+    integer whole, so no ``dumps`` check is needed; measured on command payloads, decoding and
+    picking the columns took 0.54 us per event against 1.5 us with orjson and its check.
+    The values are the standard decoder's (same types; the last of twin keys wins)."""
+    if _msgspec is None:
+        return None
+    names = [f"k{i}" for i in range(len(keys) + len(unwanted))]
+    fields: list[tuple[Any, ...]] = [(n, object) for n in names[: len(keys)]]
+    fields += [(n, object, _msgspec.UNSET) for n in names[len(keys):]]
+    row = _msgspec.defstruct("Row", fields, rename=dict(zip(names, [*keys, *unwanted])), gc=False)
+    decoder: Callable[[str], Any] = _msgspec.json.Decoder(row).decode
+    return decoder
 
 
 def _timestamps(events: Sequence[Event]) -> Any:

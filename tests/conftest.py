@@ -13,8 +13,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from deadline import in_loop_deadline  # noqa: E402
+from decoders import DECODERS, using  # noqa: E402
 from pgbouncer import PgBouncer  # noqa: E402
 from pgserver import PgServer, start_server  # noqa: E402
+
+
+@pytest.fixture(params=DECODERS)
+def decoder(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each way a route decodes payloads and writes json columns (see tests/decoders.py)."""
+    with using(request.param):
+        yield str(request.param)
 
 
 @pytest.fixture(scope="session")

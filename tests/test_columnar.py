@@ -2,7 +2,7 @@
 
 A route's batch goes column by column when it is uniform; any batch it declines goes event by
 event. Whichever path a batch takes, the COPY text and the events it covers must be the same,
-byte for byte, with either decoder (orjson or the standard one).
+byte for byte, with each decoder (msgspec, orjson, the standard one: tests/decoders.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import shipper.copyrows as copyrows
 import shipper.routes as routes
+from decoders import DECODERS, using
 from outbox import Event
 from shipper.routes import Column, Router, TableSpec
 
@@ -83,29 +84,16 @@ def _route(events: list[Event], *, min_events: int) -> list[tuple[tuple[str, ...
     ]
 
 
-@pytest.fixture(params=["orjson", "json"])
-def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    import orjson  # noqa: F401  (the test extra installs it)
-
-    if request.param == "json":
-        monkeypatch.setattr(routes, "_fast_loads", None)
-        monkeypatch.setattr(routes, "_fast_dumps", None)
-    return str(request.param)
 
 
 @settings(max_examples=200, deadline=None)
 @given(batch=batches())
 def test_columnar_and_per_event_write_the_same(batch: tuple[list[str], list[dict[str, Any]], list[int]]) -> None:
-    for name in ("orjson", "json"):
-        saved = routes._fast_loads, routes._fast_dumps
-        if name == "json":
-            routes._fast_loads, routes._fast_dumps = None, None
-        try:
-            _, rows, times = batch
-            events = _events(rows, times)
+    _, rows, times = batch
+    events = _events(rows, times)
+    for name in DECODERS:
+        with using(name):
             assert _route(events, min_events=1) == _route(events, min_events=10**9)
-        finally:
-            routes._fast_loads, routes._fast_dumps = saved
 
 
 def _uniform(n: int) -> list[Event]:
@@ -145,7 +133,7 @@ def test_a_uniform_batch_goes_column_by_column(decoder: str) -> None:
     assert _route(events, min_events=1) == _route(events, min_events=10**9)
 
     huge = events[:-1] + [events[-1]._replace(payload=events[-1].payload.replace(str(2**62 + 49), str(2**70 + 1)))]
-    if decoder == "orjson":  # past 64 bits: orjson would read a float, so the check sends it to the standard decoder
+    if decoder != "json":  # past 64 bits: orjson would read a float, so the check sends it to the standard decoder
         assert routes._fast_loads is not None and routes._fast_loads(huge[-1].payload)["n"] != 2**70 + 1
     assert str(2**70 + 1) in (_whole(spec)(huge) or "").splitlines()[-1].split("\t")[1]
 
@@ -156,3 +144,24 @@ def test_a_uniform_batch_goes_column_by_column(decoder: str) -> None:
     not_json = events[:-1] + [events[-1]._replace(payload='{"n":1},{"n":2}')]
     assert _whole(spec)(not_json) is None
     assert _route(not_json, min_events=1) == _route(not_json, min_events=10**9)
+
+
+def test_payloads_that_only_parse_together_go_event_by_event(decoder: str) -> None:
+    """The batch's payloads may be decoded as one JSON array, but each must still be one value
+    on its own: here the first two only make an object together, and the third holds two, so
+    the array has one value per event with every boundary in the wrong place."""
+    spec = TableSpec.build("r", COLUMNS, ("id",))
+    events = _uniform(50)
+    a, b, c = events[10].payload, events[20].payload, events[21].payload
+    cut = a.index('"s":"') + len('"s":"') + 2
+    shifted = list(events)
+    shifted[10] = events[10]._replace(payload=a[:cut])  # {"n":..,"s":"na
+    shifted[11] = events[11]._replace(payload=a[cut:])  # me é 10",..}: together, one object
+    shifted[12] = events[12]._replace(payload=f"{b},{c}")  # two objects in one payload
+    joined = ",".join(e.payload for e in shifted)
+    assert len(json.loads(f"[{joined}]")) == len(shifted)  # as one array it reads, one value per event
+    assert _whole(spec)(shifted) is None
+    per_event = _route(shifted, min_events=10**9)
+    assert _route(shifted, min_events=1) == per_event
+    assert per_event[-1] == (("refused",), [shifted[i].id for i in (10, 11, 12)], None)
+

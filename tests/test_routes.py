@@ -53,22 +53,6 @@ async def fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
-@pytest.fixture(params=["orjson", "json"])
-def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways a route decodes payloads and writes json columns: orjson (the ``fast`` extra,
-    installed with the test extra) and the standard json module, as a plain install has it."""
-    import orjson  # noqa: F401  (the test extra installs it: never a silent skip)
-
-    import shipper.routes as routes
-
-    if request.param == "json":
-        monkeypatch.setattr(routes, "_fast_loads", None)
-        monkeypatch.setattr(routes, "_fast_dumps", None)
-    else:
-        assert routes._fast_loads is not None and routes._fast_dumps is not None
-    return str(request.param)
-
-
 async def test_payload_keys_fill_typed_columns_and_refused_rows_become_dead_letters(
     outbox_path: Path, pg_dsn: str, decoder: str
 ) -> None:

@@ -14,7 +14,7 @@ Usage: ``python -m bench.procs.drainer MODE PATH DSN [BATCH]``
     ``BATCH``-row batches (one implicit transaction each) into ``raw_copy_*`` tables of the same
     shape: raw COPY, the floor.
 
-``ship_stdlib``: the shipper without orjson (the standard json module), as a plain install runs it.
+``ship_stdlib``: the shipper without the ``fast`` extra (the standard json module), as a plain install runs it.
 
 Two diagnostics: ``ship_serial``, the shipper with its read-ahead turned off (each batch read
 when needed), and ``sink_reading``, ``sink`` reading the next batch from the outbox beside each
@@ -237,10 +237,13 @@ def _no_read_ahead() -> None:
 
 async def ship_stdlib(path: str, dsn: str, batch: int) -> dict[str, Any]:
     """The shipper as a plain install has it: payloads decoded (and json columns written) by the
-    standard json module, orjson (the ``fast`` extra, installed for the benchmarks) set aside."""
+    standard json module, orjson and msgspec (the ``fast`` extra, installed for the benchmarks)
+    set aside."""
+    import shipper.columnar as columnar
     import shipper.routes as routes
 
     routes._fast_loads = routes._fast_dumps = None  # type: ignore[attr-defined]
+    columnar._msgspec = None  # type: ignore[attr-defined]
     return await ship(path, dsn, batch, mode="ship_stdlib")
 
 
