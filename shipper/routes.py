@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 
 from outbox import Event
-from outbox.payload import compact_json
+from outbox.payload import compact_json, payload_problem
 
 from .catalog import read_json, text_array
 from .copyrows import Encoder, compile_encoder
@@ -235,10 +235,14 @@ class Router:
             if missing is not None:
                 omitted = spec.omitted(missing)
                 lines, done, group = spec.encoder(missing)(group)
+                try:
+                    text = "".join(lines).encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate (a payload's "\ud800"): the general path names it
+                    done, group = [], [*done, *group]
                 if done:
                     kept = [c for c in spec.columns if c.name not in omitted]
                     routed.tables.append(Table(
-                        spec.name, tuple(c.name for c in kept), events=done, _text="".join(lines).encode("utf-8"),
+                        spec.name, tuple(c.name for c in kept), events=done, _text=text,
                         conflict=spec.conflict, types=tuple(c.type for c in kept), spec=spec,
                         make_rows=functools.partial(_rows_of, spec),
                     ))
@@ -383,6 +387,22 @@ def _text(value: Any) -> str:
     return compact_json(value)
 
 
+def _check_sendable(row: list[str | None], data: Any) -> None:
+    """Raise ValueError, naming the value, if a row's text cannot be encoded as UTF-8.
+
+    The outbox refuses such payloads on append, but a file may have been written by other
+    means, and a ``\\ud800`` escape decodes to a lone surrogate, which UTF-8 cannot encode: the
+    batch could never be sent, and would be retried for ever. (A ``\\u0000`` is Postgres's to
+    refuse, row by row: the fast encoders write it as any other character.)
+    """
+    text = "\t".join([v for v in row if v is not None])
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(payload_problem(data) or "a value is not valid UTF-8 text") from None
+
+
 def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
     """Add ``events`` as rows of ``spec`` to ``into``: one table per set of defaulted columns."""
     plan = [(_fill(c), c.name, c.is_array, c.has_default) for c in spec.columns]
@@ -422,6 +442,7 @@ def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
                         row.append(f"{prefix}.{micro:06d}+00")
                     else:
                         row.append(_stamp(us))
+            _check_sendable(row, data)
         except Exception as exc:  # whatever one payload makes fail (RecursionError too) is a dead letter, never a retry
             into.refused.append((event, f"{spec.name} event refused: {exc}"))
             continue

@@ -165,3 +165,21 @@ def test_payloads_that_only_parse_together_go_event_by_event(decoder: str) -> No
     assert _route(shifted, min_events=1) == per_event
     assert per_event[-1] == (("refused",), [shifted[i].id for i in (10, 11, 12)], None)
 
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        '{"\\u006e":5,"x":0.5,"amount":1,"s":"k","detail":{},"tags":[],"flag":true}',  # an escaped key
+        '{"n":5,"x":-0.0,"amount":1E5,"s":"\\ud800","detail":{"q":1,"q":2},"tags":[],"flag":true}',  # lone surrogate
+        '{"n":5,"x":1.0e-3,"amount":-0,"s":"\\u0000","detail":[],"tags":["\\t"],"flag":false,"n":6}',  # twin keys
+        ' {"n":5, "x":1e400, "amount":0.1, "s":"k", "detail":{}, "tags":null, "flag":true} ',  # spaces, out of range
+        '{"n":5,"x":0.5,"amount":1,"s":"k","detail":{},"tags":[],"flag":true,"d":null}',  # a key left to its default
+        '{"n":5,"x":0.5,"amount":1,"s":"k","detail":' + "[" * 3000 + "]" * 3000 + ',"tags":[],"flag":true}',  # deep
+    ],
+)
+def test_odd_payloads_write_the_same_whichever_way_they_are_read(decoder: str, odd: str) -> None:
+    """JSON that decoders may read differently (or refuse) in a batch that is otherwise uniform:
+    the batch's text is the per-event path's, whichever decoder reads it."""
+    events = _uniform(50)
+    events[25] = events[25]._replace(payload=odd)
+    assert _route(events, min_events=1) == _route(events, min_events=10**9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import asyncpg
@@ -162,6 +163,33 @@ async def test_a_route_to_a_missing_table_is_one_clear_error(outbox_path: Path, 
     drained.assert_one_error_line(4, "route match_results -> public.match_results", "no such table")
     async with OutboxReader(outbox_path) as reader:
         assert (await reader.status()).pending == 1  # nothing lost
+
+
+async def test_a_payload_utf8_cannot_hold_is_set_aside_and_the_rest_ship(
+    outbox_path: Path, pg_dsn: str, decoder: str
+) -> None:
+    """``append`` refuses a lone surrogate (jsonb cannot hold one), but a file written by other
+    means (an older version, sqlite3 by hand) may hold one. The shipper must set that event
+    aside, saying why, and ship the rest: not fail the batch on every retry."""
+    await execute(pg_dsn, MATCHES)
+    async with Outbox(outbox_path) as ob:
+        routed = [await ob.append("match_results", {"winner": i, "map": "m"}) for i in range(40)]
+        plain = [await ob.append("clicks", {"i": i}) for i in range(40)]
+    odd = {routed[20]: '{"winner":7,"map":"\\ud800"}', routed[30]: '{"winner":8,"map":"a\\udfffb"}',
+           plain[5]: '{"i":"\\ud800"}'}
+    with sqlite3.connect(outbox_path) as db:
+        db.executemany("UPDATE events SET payload = ? WHERE id = ?", [(p, i) for i, p in odd.items()])
+    async with Shipper(outbox_path, pg_dsn, routes=ROUTE) as s:
+        await s.drain(timeout=30)
+    shipped = {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM match_results")}
+    shipped |= {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM outbox_events")}
+    assert shipped == set(routed + plain) - set(odd)
+    async with OutboxReader(outbox_path) as reader:
+        dead = {d.id: d.error for d in await reader.dead_letters()}
+    assert set(dead) == set(odd)
+    assert "string at $.map holds a lone surrogate U+D800" in dead[routed[20]]
+    assert "string at $.map holds a lone surrogate U+DFFF at index 1" in dead[routed[30]]
+    assert "surrogate" in dead[plain[5]]  # Postgres's jsonb refuses the escape: its own words
 
 
 async def test_a_table_without_a_uuid_id_key_is_refused(outbox_path: Path, pg_dsn: str) -> None:
