@@ -12,6 +12,7 @@ from .errors import (
     OutboxCorruptError,
     OutboxError,
     OutboxFullError,
+    OutboxTextError,
     PayloadError,
 )
 from .ids import uuid7
@@ -26,6 +27,7 @@ __all__ = [
     "OutboxFullError",
     "OutboxClosedError",
     "OutboxCorruptError",
+    "OutboxTextError",
     "NotAnOutboxError",
     "OutboxReader",
     "Event",

@@ -16,6 +16,7 @@ __all__ = [
     "OutboxFullError",
     "OutboxClosedError",
     "OutboxCorruptError",
+    "OutboxTextError",
     "NotAnOutboxError",
 ]
 
@@ -45,6 +46,12 @@ class NotAnOutboxError(OutboxError):
 
 class OutboxCorruptError(OutboxError):
     """The outbox file is damaged and cannot be read safely."""
+
+
+class OutboxTextError(OutboxCorruptError):
+    """An event's text in the outbox file is not valid UTF-8 (a byte gone bad on disk, or a
+    tool that wrote bytes): Python's sqlite3 refuses to read the row. The shipper sets such
+    events aside (``OutboxReader.set_aside_unreadable``) and reads on."""
 
 
 _SQLITE_FULL, _SQLITE_IOERR = 13, 10

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import aiosqlite
 
 from . import identity, readonly, schema
-from .errors import OutboxError, OutboxFullError, disk_is_full
+from .errors import OutboxError, OutboxFullError, OutboxTextError, disk_is_full
 
 __all__ = ["Opened", "prepare", "connect", "connect_inline", "materialize", "fork", "error"]
 
@@ -37,6 +37,8 @@ def error(path: Path, exc: sqlite3.Error, what: str = "outbox") -> OutboxError:
     """Translate a sqlite3 error met reading or noting progress, naming the file."""
     if disk_is_full(exc, path):
         return OutboxFullError(f"the disk holding outbox {path} is full")
+    if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("Could not decode to UTF-8"):
+        return OutboxTextError(f"{what} {path}: {exc}")
     return OutboxError(f"{what} {path}: {exc}")
 
 

@@ -33,7 +33,7 @@ import aiosqlite
 from . import opening, schema, shipclock, status
 from .records import NOT_SET_ASIDE, DeadLetter, Event
 from .status import Status, TopicStatus
-from .errors import OutboxClosedError
+from .errors import OutboxClosedError, OutboxTextError
 
 __all__ = ["Event", "DeadLetter", "Status", "TopicStatus", "OutboxReader"]
 
@@ -45,9 +45,35 @@ _PENDING = (
     f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.seq > ?1"
     f" AND (NOT EXISTS (SELECT 1 FROM ship.dead WHERE seq > ?1) OR {NOT_SET_ASIDE}) ORDER BY e.seq LIMIT ?2"
 )
+_RETRIES = (
+    f"SELECT {_EVENT_COLUMNS} FROM ship.dead d JOIN events e ON e.seq = d.seq WHERE d.status = 'retry' ORDER BY d.seq LIMIT ?"
+)
+# The same rows with their text as bytes, which any row reads as, valid UTF-8 or not.
+_RAW_COLUMNS = "e.seq, CAST(e.id AS BLOB), CAST(e.topic AS BLOB), CAST(e.payload AS BLOB), e.created_at"
+_PENDING_RAW = _PENDING.replace(_EVENT_COLUMNS, _RAW_COLUMNS, 1)
 _INLINE_CHUNK = 256  # rows per step of an inline read: ~0.2 ms of the loop's time each
 _as_event = tuple.__new__  # Event(*row) without the Python-level __new__: half the cost
 _EVENT_TYPE = itertools.repeat(Event)
+
+
+def _problems(texts: Sequence[bytes | None]) -> str:
+    """Which of an event's (id, topic, payload), read as bytes, are not UTF-8, and where each
+    stops being so ("payload is not valid UTF-8 (byte 0xff at offset 18)"); "" if none."""
+    problems = []
+    for name, raw in zip(("id", "topic", "payload"), texts):
+        try:
+            bytes(raw or b"").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{name} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})")
+    return "; ".join(problems)
+
+
+def _shown(row: Sequence[Any]) -> Event:
+    """A row read as bytes, as an event to set aside: id and topic with U+FFFD for bytes that
+    are not UTF-8, no payload."""
+    seq, raw_id, raw_topic, _, created_at = row
+    shown = [bytes(raw or b"").decode("utf-8", "replace") for raw in (raw_id, raw_topic)]
+    return Event(seq, shown[0], shown[1], "", created_at)
 
 
 def _now_us() -> int:
@@ -266,13 +292,38 @@ class OutboxReader:
             raise _error(self.path, exc) from None
         return len(rows)
 
+    async def set_aside_unreadable(self, limit: int, after: int | None = None) -> list[tuple[Event, str]]:
+        """Set aside, as dead letters, the events a :meth:`read_pending` of the same arguments
+        cannot read: those whose text is not valid UTF-8 (:class:`~outbox.OutboxTextError`).
+        Returns them with why, each naming the column and the first bad byte; their id and topic
+        are shown with U+FFFD for bytes that are not UTF-8, and their payload is left out.
+
+        What a shipper does when a read fails so: every event after a damaged one would
+        otherwise wait for ever, the read failing on every retry.
+        """
+        if after is None:
+            after = await self.cursor()
+        found = [
+            (_shown(row), "event set aside unread: " + problems)
+            for row in await self._all(_PENDING_RAW, (after, limit))
+            if (problems := _problems(row[1:4]))
+        ]
+        await self.set_aside(found)
+        return found
+
     async def read_retries(self, limit: int) -> list[Event]:
-        """Return dead letters an operator marked for retry, oldest first."""
-        rows = await self._all(
-            f"SELECT {_EVENT_COLUMNS} FROM ship.dead d JOIN events e ON e.seq = d.seq"
-            " WHERE d.status = 'retry' ORDER BY d.seq LIMIT ?",
-            (limit,),
-        )
+        """Return dead letters an operator marked for retry, oldest first.
+
+        One whose text is not valid UTF-8 (see :meth:`set_aside_unreadable`) cannot be retried:
+        it is marked dead again, with why, and the others are returned.
+        """
+        try:
+            rows = await self._all(_RETRIES, (limit,))
+        except OutboxTextError:
+            raw = await self._all(_RETRIES.replace(_EVENT_COLUMNS, _RAW_COLUMNS, 1), (limit,))
+            unreadable = [r for r in raw if _problems(r[1:4])]
+            await self.set_aside((_shown(r), "event set aside unread: " + _problems(r[1:4])) for r in unreadable)
+            rows = await self._all(_RETRIES, (limit,))
         return [Event(*row) for row in rows]
 
     async def resolve(self, seqs: Sequence[int]) -> None:

@@ -10,13 +10,16 @@ batch it follows did not land where expected (a failure, a skip, a fork, losing 
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from outbox import OutboxReader
+from outbox import OutboxReader, OutboxTextError
 
 from .lease import LeaseKeeper
 from .sink import Batch, Sink
 
 __all__ = ["ReadAhead"]
+
+log = logging.getLogger("shipper.loop")
 
 
 class ReadAhead:
@@ -41,7 +44,17 @@ class ReadAhead:
         aiosqlite's thread cost more of the bot's CPU than the read itself. A sidecar's first read
         after a pause runs in aiosqlite's thread.
         """
-        events = await self.reader.read_pending(limit, after=after, on_loop=ahead)
+        try:
+            events = await self.reader.read_pending(limit, after=after, on_loop=ahead)
+        except OutboxTextError:
+            # a damaged event (text that is not UTF-8): set aside, so the rest ship; if none is
+            # found, the error stands (and stops the shipper, as a damaged file does)
+            found = await self.reader.set_aside_unreadable(limit, after=after)
+            if not found:
+                raise
+            for event, why in found:
+                log.warning("outbox %s: seq %d (id %s): %s", self.reader.path, event.seq, event.id, why)
+            events = await self.reader.read_pending(limit, after=after, on_loop=ahead)
         if not events:
             return None
         batch = Batch(

@@ -192,6 +192,49 @@ async def test_a_payload_utf8_cannot_hold_is_set_aside_and_the_rest_ship(
     assert "surrogate" in dead[plain[5]]  # Postgres's jsonb refuses the escape: its own words
 
 
+async def test_a_row_that_is_not_utf8_is_set_aside_and_the_rest_ship(outbox_path: Path, pg_dsn: str) -> None:
+    """A byte gone bad on disk (or a tool that wrote bytes): SQLite hands back text that is not
+    UTF-8, which Python's sqlite3 refuses to read. Every event after it must still ship, and
+    that one be set aside saying what is wrong with it: not a read that fails on every retry."""
+    await execute(pg_dsn, MATCHES)
+    async with Outbox(outbox_path) as ob:
+        routed = [await ob.append("match_results", {"winner": i}) for i in range(30)]
+        plain = [await ob.append("clicks", {"i": i}) for i in range(30)]
+    bad = {routed[10]: "payload", plain[20]: "payload", plain[25]: "topic"}
+    with sqlite3.connect(outbox_path) as db:
+        db.execute("UPDATE events SET payload = CAST(x'7b2277696e6e6572223a372c226d6170223aff227d' AS TEXT) WHERE id = ?",
+                   (routed[10],))  # {"winner":7,"map":"\xff"}
+        db.execute("UPDATE events SET payload = CAST(x'7b2269223aff7d' AS TEXT) WHERE id = ?", (plain[20],))
+        db.execute("UPDATE events SET topic = CAST(x'636c69636bc3' AS TEXT) WHERE id = ?", (plain[25],))
+    async with Shipper(outbox_path, pg_dsn, routes=ROUTE) as s:
+        await s.drain(timeout=30)
+    shipped = {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM match_results")}
+    shipped |= {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM outbox_events")}
+    assert shipped == set(routed + plain) - set(bad)
+    async with OutboxReader(outbox_path) as reader:
+        dead = {d.id: d.error for d in await reader.dead_letters()}
+    assert set(dead) == set(bad)
+    for event_id, column in bad.items():
+        assert f"{column} is not valid UTF-8" in dead[event_id], dead[event_id]
+    assert "payload is not valid UTF-8 (byte 0xff at offset 5)" in dead[plain[20]]
+
+    # an operator asks for them again: still unreadable, so dead again, and shipping goes on
+    late = await _append_one(outbox_path)
+    async with OutboxReader(outbox_path) as reader:
+        assert await reader.retry_dead() == 3
+    async with Shipper(outbox_path, pg_dsn, routes=ROUTE) as s:
+        await s.drain(timeout=30)
+    async with OutboxReader(outbox_path) as reader:
+        again = await reader.dead_letters()
+    assert {d.id for d in again} == set(bad) and all(d.status == "dead" and d.attempts == 2 for d in again)
+    assert late in {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM outbox_events")}
+
+
+async def _append_one(path: Path) -> str:
+    async with Outbox(path) as ob:
+        return await ob.append("clicks", {"late": True})
+
+
 async def test_a_table_without_a_uuid_id_key_is_refused(outbox_path: Path, pg_dsn: str) -> None:
     await execute(pg_dsn, "CREATE TABLE loose (id uuid, winner bigint)")
     async with Outbox(outbox_path) as ob:
