@@ -26,7 +26,7 @@ def using(name: str) -> Iterator[None]:
     import orjson  # noqa: F401
 
     assert name in DECODERS, name
-    assert columnar._msgspec is not None and routes._fast_loads is not None and routes._fast_dumps is not None
+    assert columnar._optional_msgspec() is not None and routes._fast_loads is not None and routes._fast_dumps is not None
     saved = columnar._msgspec, routes._fast_loads, routes._fast_dumps
     try:
         if name != "msgspec":
