@@ -281,13 +281,19 @@ class OutboxReader:
             return 0
         await self._materialize()
         try:
-            await self.db.executemany(
-                "INSERT INTO ship.dead(seq, id, topic, error, status, attempts, failed_at)"
-                " VALUES (?, ?, ?, ?, 'dead', 1, ?)"
-                " ON CONFLICT(seq) DO UPDATE SET error = excluded.error, status = 'dead',"
-                " attempts = attempts + 1, failed_at = excluded.failed_at",
-                rows,
-            )
+            # synced before this returns, power loss or not: the shipper sets events aside
+            # before Postgres commits the batch that skips them, and nothing else records them
+            await self.db.execute("PRAGMA ship.synchronous = FULL")
+            try:
+                await self.db.executemany(
+                    "INSERT INTO ship.dead(seq, id, topic, error, status, attempts, failed_at)"
+                    " VALUES (?, ?, ?, ?, 'dead', 1, ?)"
+                    " ON CONFLICT(seq) DO UPDATE SET error = excluded.error, status = 'dead',"
+                    " attempts = attempts + 1, failed_at = excluded.failed_at",
+                    rows,
+                )
+            finally:
+                await self.db.execute(opening.SHIP_SYNCHRONOUS)
         except sqlite3.Error as exc:
             raise _error(self.path, exc) from None
         return len(rows)

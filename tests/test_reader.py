@@ -143,3 +143,23 @@ async def test_a_passive_checkpoint_that_sqlite_puts_off_is_not_an_error(outbox_
         await open_read.close()
         assert await checkpoint(reader) is True
         assert await checkpoint(reader) is True  # back to back: nothing left open by the first
+
+
+async def test_the_cursor_is_noted_without_a_sync_and_dead_letters_with_one(outbox_path: Path) -> None:
+    """An attached side file syncs FULL unless told otherwise: an fsync of its WAL at each of
+    the ten cursor notes a second. The cursor needs none (Postgres's ledger has it again after
+    a power loss); a dead letter, which nothing else records, still gets its sync."""
+    await fill(outbox_path, 3)
+    async with OutboxReader(outbox_path) as reader:
+        await reader.advance(1)  # the first write makes the side file
+        statements: list[str] = []
+        await reader.db.set_trace_callback(statements.append)
+        await reader.advance(2)
+        assert not [s for s in statements if "synchronous" in s]
+        assert (await (await reader.db.execute("PRAGMA ship.synchronous")).fetchone()) == (1,)  # NORMAL
+        event = (await reader.read_pending(1))[0]
+        statements.clear()
+        await reader.set_aside([(event, "refused")])
+        syncs = [s for s in statements if "synchronous" in s or s.startswith("INSERT INTO ship.dead")]
+        assert syncs == ["PRAGMA ship.synchronous = FULL", syncs[1], "PRAGMA ship.synchronous = NORMAL"]
+        assert syncs[1].startswith("INSERT INTO ship.dead")
