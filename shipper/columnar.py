@@ -41,35 +41,14 @@ from typing import Any
 
 from outbox import Event
 
+from .rows import MAX_US, column_kind
+
 __all__ = ["MIN_EVENTS", "columnar_encoder"]
 
 MIN_EVENTS = 24  # below this the per-column set-up costs more than the per-event loop
-_MAX_US = 253_402_300_800_000_000  # 10000-01-01
 _ID, _TEXT, _CREATED = operator.itemgetter(1), operator.itemgetter(3), operator.itemgetter(4)
 _SECONDS, _MICROS = operator.itemgetter(slice(0, -6)), operator.itemgetter(slice(-6, None))
 _NULL = "\\N"
-_INTEGERS = ("bigint", "integer", "smallint")
-_FLOATS = ("double precision", "real")
-_TEXTS = ("text", "character varying", "character", "citext")
-_JSON = ("json", "jsonb")
-
-
-def _kind(column_type: str, is_array: bool) -> str:
-    if is_array:
-        return "array"
-    if column_type in _JSON:
-        return "json"
-    if column_type in _INTEGERS:
-        return "int"
-    if column_type in _FLOATS:
-        return "float"
-    if column_type == "numeric":
-        return "number"
-    if column_type in _TEXTS:
-        return "text"
-    return "other"
-
-
 _FAST_TYPES: dict[str, frozenset[type]] = {
     "int": frozenset({int}),
     "float": frozenset({float}),
@@ -136,7 +115,7 @@ def columnar_encoder(
         if fill == 3 and name in nulls:
             plan.append((-1, None, -1))
         elif fill == 3:
-            plan.append((3, column_fields(_kind(column_type, is_array)), fetched.index(name)))
+            plan.append((3, column_fields(column_kind(column_type, is_array)), fetched.index(name)))
         else:
             plan.append((fill, None, -1))
 
@@ -228,7 +207,7 @@ def _row_decoder(keys: Sequence[str], unwanted: Sequence[str]) -> Callable[[str]
 def _timestamps(events: Sequence[Event]) -> Any:
     """Each event's time as a timestamptz field, the date part formatted once per second."""
     micros = list(map(_CREATED, events))
-    if set(map(type, micros)) != {int} or min(micros) < 1_000_000 or max(micros) >= _MAX_US:
+    if set(map(type, micros)) != {int} or min(micros) < 1_000_000 or max(micros) >= MAX_US:
         return None
     digits = list(map(str, micros))
     seconds = list(map(_SECONDS, digits))

@@ -22,13 +22,12 @@ from outbox import Event
 from outbox.payload import compact_json
 
 from .columnar import MIN_EVENTS, columnar_encoder
-from .rows import _copy_escape
+from .rows import MAX_US, _copy_escape, column_kind
 
 __all__ = ["Encoder", "compile_encoder"]
 
 # (lines, events encoded, events left to the general path)
 Encoder = Callable[[Sequence[Event]], tuple[list[str], list[Event], list[Event]]]
-_MAX_US = 253_402_300_800_000_000
 CHUNK = 512  # events per slice of a batch that the whole-batch encoder takes at once
 _MISSING = object()
 
@@ -55,27 +54,25 @@ def _array_field(value: Any) -> str:
     return _field(value)
 
 
-_INTEGERS = ("bigint", "integer", "smallint", "numeric")
-_FLOATS = ("double precision", "real", "numeric")
-_TEXTS = ("text", "character varying", "character", "citext")
+_CHECKS = {  # a column's kind (rows.column_kind) -> the test that a value takes the fast case
+    "int": "type({v}) is int",
+    "float": "type({v}) is float",
+    "number": "type({v}) is int or type({v}) is float",
+    "text": "(type({v}) is str and {v}.isprintable() and BS not in {v})",
+}
 
 
-def _inline(v: str, kind: str, is_array: bool) -> str:
+def _inline(v: str, column_type: str, is_array: bool) -> str:
     """The f-string field for variable ``v``: the value its column's type expects, written inline."""
-    if is_array:
+    kind = column_kind(column_type, is_array)
+    if kind == "array":
         return f"{{array_field({v})}}"
-    if kind in ("json", "jsonb"):
+    if kind == "json":
         return f"{{json_field({v})}}"
-    checks = []
-    if kind in _INTEGERS:
-        checks.append(f"type({v}) is int")
-    if kind in _FLOATS:
-        checks.append(f"type({v}) is float")
-    if kind in _TEXTS:
-        checks.append(f"(type({v}) is str and {v}.isprintable() and BS not in {v})")
-    if not checks:
+    check = _CHECKS.get(kind)
+    if check is None:
         return f"{{field({v})}}"
-    return f"{{{v} if {' or '.join(checks)} else field({v})}}"
+    return f"{{{v} if {check.format(v=v)} else field({v})}}"
 
 
 def compile_encoder(
@@ -153,7 +150,7 @@ def compile_encoder(
     namespace: dict[str, Any] = {
         "decode": decode_payload,
         "M": _MISSING,
-        "MAX": _MAX_US,
+        "MAX": MAX_US,
         "BS": "\\",
         "esc": _copy_escape,
         "field": _field,

@@ -36,7 +36,7 @@ from .catalog import read_json, text_array
 from .copyrows import Encoder, compile_encoder
 from .errors import SchemaError
 from .migrate import COMMAND_TABLE, EVENT_TABLE
-from .rows import COMMAND_TOPIC, EVENT_COLUMNS, Routed, Table
+from .rows import COMMAND_TOPIC, EVENT_COLUMNS, MAX_US, Routed, Table
 
 __all__ = [
     "Column",
@@ -294,7 +294,6 @@ def read_spec(where: str, name: str, exists: bool, rows: list[list[Any]], keys: 
 
 # -- rows --------------------------------------------------------------------------------------
 
-_MAX_US = 253_402_300_800_000_000  # 10000-01-01
 _scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
@@ -350,7 +349,7 @@ def decode_payload(text: str) -> Any:
 def _stamp(us: int) -> str:
     if type(us) is not int:
         raise ValueError(f"created_at {us!r} is not an integer")
-    if 0 <= us < _MAX_US:
+    if 0 <= us < MAX_US:
         second, micro = divmod(us, 1_000_000)
         return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(second))}.{micro:06d}+00"
     try:
@@ -434,7 +433,7 @@ def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
                     row.append(event.payload)
                 else:
                     us = event.created_at
-                    if type(us) is int and 0 <= us < _MAX_US:
+                    if type(us) is int and 0 <= us < MAX_US:
                         second, micro = divmod(us, 1_000_000)
                         if second != last_second:
                             last_second = second

@@ -20,7 +20,10 @@ from .migrate import EVENT_TABLE
 if TYPE_CHECKING:
     from .routes import TableSpec
 
-__all__ = ["EVENT_COLUMNS", "COMMAND_COLUMNS", "Routed", "Table", "events_copy_text", "rows_copy_text", "COMMAND_TOPIC"]
+__all__ = [
+    "EVENT_COLUMNS", "COMMAND_COLUMNS", "MAX_US", "Routed", "Table", "column_kind", "events_copy_text",
+    "rows_copy_text", "COMMAND_TOPIC",
+]
 
 COMMAND_TOPIC = "command_calls"
 EVENT_COLUMNS = ("id", "topic", "payload", "created_at")
@@ -94,7 +97,25 @@ class Routed:
 
 
 # COPY's text format: a backslash starts an escape; tab, newline and CR separate fields and rows.
-_MAX_US = 253_402_300_800_000_000  # 10000-01-01: past it the year needs five digits
+MAX_US = 253_402_300_800_000_000
+"""10000-01-01 in Unix microseconds: from there on a timestamp's year needs five digits, which
+the encoders' fast ``%Y-%m-%d`` text does not write."""
+
+_KINDS = {
+    "bigint": "int", "integer": "int", "smallint": "int",
+    "double precision": "float", "real": "float",
+    "numeric": "number",
+    "text": "text", "character varying": "text", "character": "text", "citext": "text",
+    "json": "json", "jsonb": "json",
+}
+
+
+def column_kind(column_type: str, is_array: bool = False) -> str:
+    """What a route's encoders write a column's values as, from its type (``format_type``):
+    ``"int"``, ``"float"``, ``"number"`` (numeric: an int or a float), ``"text"``, ``"json"``,
+    ``"array"``, or ``"other"`` (written by the general field function, Postgres casting it).
+    The one classification both encoders (:mod:`shipper.copyrows`, :mod:`shipper.columnar`) read."""
+    return "array" if is_array else _KINDS.get(column_type, "other")
 
 
 def _copy_escape(text: str) -> str:
@@ -115,7 +136,7 @@ def events_copy_text(events: Sequence[Event]) -> bytes | None:
     last_second, prefix = -1, ""
     try:
         for _, event_id, topic, payload, us in events:
-            if type(us) is not int or not 0 <= us < _MAX_US:
+            if type(us) is not int or not 0 <= us < MAX_US:
                 return None
             second, micro = divmod(us, 1_000_000)
             if second != last_second:
