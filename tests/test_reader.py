@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -163,3 +164,74 @@ async def test_the_cursor_is_noted_without_a_sync_and_dead_letters_with_one(outb
         syncs = [s for s in statements if "synchronous" in s or s.startswith("INSERT INTO ship.dead")]
         assert syncs == ["PRAGMA ship.synchronous = FULL", syncs[1], "PRAGMA ship.synchronous = NORMAL"]
         assert syncs[1].startswith("INSERT INTO ship.dead")
+
+
+class FakeClock:
+    """``outbox.shipclock.now`` under a test's control: wall and boot clocks, and the boot id."""
+
+    def __init__(self) -> None:
+        self.wall, self.boot, self.boot_us = 1_700_000_000_000_000, "boot-a", 5_000_000
+
+    def now(self) -> tuple[int, str, int]:
+        return self.wall, self.boot, self.boot_us
+
+    def later(self, seconds: float, *, reboot: str | None = None) -> None:
+        self.wall += int(seconds * 1e6)
+        self.boot_us = int(seconds * 1e6) if reboot else self.boot_us + int(seconds * 1e6)
+        self.boot = reboot or self.boot
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    import outbox.shipclock as shipclock
+
+    fake = FakeClock()
+    monkeypatch.setattr(shipclock, "now", fake.now)
+    return fake
+
+
+async def _marks(reader: OutboxReader) -> list[tuple[int, ...]]:
+    return [tuple(r) for r in await reader.db.execute_fetchall("SELECT * FROM ship.shipped_at ORDER BY cursor")]
+
+
+async def test_marks_keep_their_age_while_shipping_never_stops(outbox_path: Path, clock: FakeClock) -> None:
+    """A bot that ships every 100 ms for three minutes: retention must still find events that
+    shipped more than a minute ago. (The latest mark moved up while *it* was under a minute old,
+    and moving made it new: one mark, always fresh, and an age-based prune deleted nothing.)"""
+    await fill(outbox_path, 1801)
+    async with OutboxReader(outbox_path) as reader:
+        for seq in range(1, 1801):
+            clock.later(0.1)
+            await reader.advance(seq)
+        assert 3 <= len(await _marks(reader)) <= 6  # about one a minute
+        now_us = time.time_ns() // 1000
+        deleted = await prune(reader, older_than_us=now_us - 60_000_000)  # shipped a minute ago or more
+        assert 600 <= deleted <= 1200, deleted  # by a minute's granularity: all up to 1,200 at most
+
+
+async def test_a_new_mark_starts_a_minute_after_the_one_before_it(outbox_path: Path, clock: FakeClock) -> None:
+    """Marks: the latest moves up while the one before it is under a minute old, else a new
+    one starts; a new boot starts its own; a cursor that did not move makes none; the cursor
+    never moves back; a failed statement leaves no transaction open."""
+    await fill(outbox_path, 30)
+    async with OutboxReader(outbox_path) as reader:
+        await reader.advance(5)  # the side file starts with a mark at its cursor (0); then this one
+        clock.later(30)
+        await reader.advance(9)  # the one before the latest (0) is 30 s old: the latest moves up
+        clock.later(10)
+        await reader.advance(10)  # 40 s: again
+        assert await _marks(reader) == [(0, clock.wall - 40_000_000, "boot-a", clock.boot_us - 40_000_000),
+                                        (10, clock.wall, "boot-a", clock.boot_us)]
+        clock.later(21)
+        await reader.advance(12)  # the one before it is 61 s old: a new one
+        clock.later(1)
+        await reader.advance(12)  # nothing shipped since: nothing moves, nothing starts
+        clock.later(1, reboot="boot-b")
+        await reader.advance(20)  # another boot: its own marks
+        await reader.advance(3)  # never back
+        assert [m[0] for m in await _marks(reader)] == [0, 10, 12, 20]
+        assert (await _marks(reader))[-1] == (20, clock.wall, "boot-b", clock.boot_us)
+        with pytest.raises(Exception):
+            await reader.db.execute_fetchall("SELECT 1 FROM ship.nothing_here")
+        await reader.advance(25)
+        assert await reader.cursor() == 25
