@@ -105,7 +105,11 @@ async def test_events_of_several_old_months_make_their_partitions(outbox_path: P
 
 async def test_retention_drops_only_whole_old_partitions(outbox_path: Path, pg_dsn: str) -> None:
     await migrate(pg_dsn, partition="daily")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    # "now" is yesterday at 18:00 UTC, not the clock's now: the cutoff (10.5 days back) must
+    # fall inside day 10's partition, which it does only for a time of day after noon (the
+    # test failed every morning, UTC)
+    midnight = datetime.datetime.now(datetime.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    now = midnight - datetime.timedelta(hours=6)
     moments = [now - datetime.timedelta(days=d) for d in (40, 12, 11, 10, 9)]
     await import_old(outbox_path, moments)
     async with Shipper(outbox_path, pg_dsn) as s:  # no retention: everything stays
