@@ -385,7 +385,7 @@ class Outbox:
                 # max_bytes the WAL's bound is small (a quarter of it), so go by the file rather
                 # than skip this chance: skipping let a 512 KiB bound reach 2 MiB, and the files
                 # 1.3x max_bytes, in about a quarter of the disk-bound torture test's bounded runs
-                # on a 2-core host (none in 18 since). Without max_bytes the bound is 64 MiB and
+                # on a 2-core host (none in 26 since). Without max_bytes the bound is 64 MiB and
                 # the next checkpoint's chance is taken, as before: not measured either way.
                 frames = _wal_frames(self.path, self._frame_bytes)
             if truncate:  # full: the WAL file itself must shrink, now
