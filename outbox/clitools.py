@@ -11,7 +11,9 @@ import asyncio
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
@@ -276,15 +278,35 @@ class CliGroup(click.Group):
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine to completion.
+    """Run a command's coroutine to completion, as ``asyncio.run`` does, with nothing printed
+    under the CLI's one line however a Ctrl-C falls.
 
-    Closed whatever happens: a Ctrl-C that lands before ``asyncio.run`` starts it would otherwise
-    leave it never awaited, and Python would print a warning under the CLI's one line.
+    The event loop is made with SIGINT held back: a Ctrl-C landing inside its constructor left
+    it half built, and its ``__del__`` printed "Exception ignored" and a traceback (CI saw it in
+    ``outbox export``). The signal then arrives once the loop is whole, and the loop is closed.
+    The coroutine is closed whatever happens: one interrupted before it starts would otherwise
+    be "never awaited", which Python warns about.
     """
     try:
-        return asyncio.run(coro)
+        runner = asyncio.Runner()
+        try:
+            _make_loop(runner)
+            return runner.run(coro)
+        finally:
+            runner.close()
     finally:
         coro.close()  # a no-op once it has run
+
+
+def _make_loop(runner: asyncio.Runner) -> None:
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        runner.get_loop()  # no SIGINT to hold back here
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        runner.get_loop()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a Ctrl-C held back lands now
 
 
 @contextmanager

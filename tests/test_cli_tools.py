@@ -159,7 +159,8 @@ def test_log_lines_are_one_line_json_without_passwords_or_tracebacks(capsys: pyt
 
 def test_an_interrupt_before_a_command_starts_leaves_no_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C can land after a command's coroutine is made but before asyncio.run starts it (CI
-    saw it once on 3.13, in `outbox export`): the coroutine must be closed, or Python prints
+    saw it once on 3.13, in `outbox export`; here the runner raises it before running the
+    coroutine): the coroutine must be closed, or Python prints
     "coroutine was never awaited" under the CLI's one line."""
     import asyncio
     import gc
@@ -170,10 +171,10 @@ def test_an_interrupt_before_a_command_starts_leaves_no_warning(monkeypatch: pyt
     async def command() -> int:
         return 0
 
-    def interrupted(coro: Any, **_: Any) -> Any:
+    def interrupted(self: Any, coro: Any, **_: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(asyncio, "run", interrupted)
+    monkeypatch.setattr(asyncio.Runner, "run", interrupted)
     coro = command()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -182,3 +183,35 @@ def test_an_interrupt_before_a_command_starts_leaves_no_warning(monkeypatch: pyt
         del coro
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_an_interrupt_while_the_loop_is_made_prints_nothing_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C can land while asyncio builds the command's event loop (CI saw it on 3.11, in
+    `outbox export`): the half-built loop's ``__del__`` raised AttributeError ('_ssock') and
+    Python printed "Exception ignored" and a traceback under the CLI's one line. Here the
+    signal is sent from inside the loop's constructor, as a real Ctrl-C would land."""
+    import asyncio.selector_events as selector_events
+    import gc
+    import os
+    import signal
+    import sys
+
+    from outbox import clitools
+
+    original = selector_events.BaseSelectorEventLoop._make_self_pipe  # type: ignore[attr-defined]
+
+    def sigint_midway(self: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, unless held back
+        original(self)
+
+    monkeypatch.setattr(selector_events.BaseSelectorEventLoop, "_make_self_pipe", sigint_midway)
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    async def command() -> int:
+        return 0
+
+    with pytest.raises(KeyboardInterrupt):
+        clitools.run(command())
+    gc.collect()
+    assert not unraisable, [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable]
