@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -177,7 +178,7 @@ async def test_a_payload_utf8_cannot_hold_is_set_aside_and_the_rest_ship(
         plain = [await ob.append("clicks", {"i": i}) for i in range(40)]
     odd = {routed[20]: '{"winner":7,"map":"\\ud800"}', routed[30]: '{"winner":8,"map":"a\\udfffb"}',
            plain[5]: '{"i":"\\ud800"}'}
-    with sqlite3.connect(outbox_path) as db:
+    with contextlib.closing(sqlite3.connect(outbox_path)) as db, db:  # closed: 3.13 warns of an open one
         db.executemany("UPDATE events SET payload = ? WHERE id = ?", [(p, i) for i, p in odd.items()])
     async with Shipper(outbox_path, pg_dsn, routes=ROUTE) as s:
         await s.drain(timeout=30)
@@ -201,7 +202,7 @@ async def test_a_row_that_is_not_utf8_is_set_aside_and_the_rest_ship(outbox_path
         routed = [await ob.append("match_results", {"winner": i}) for i in range(30)]
         plain = [await ob.append("clicks", {"i": i}) for i in range(30)]
     bad = {routed[10]: "payload", plain[20]: "payload", plain[25]: "topic"}
-    with sqlite3.connect(outbox_path) as db:
+    with contextlib.closing(sqlite3.connect(outbox_path)) as db, db:  # closed: 3.13 warns of an open one
         db.execute("UPDATE events SET payload = CAST(x'7b2277696e6e6572223a372c226d6170223aff227d' AS TEXT) WHERE id = ?",
                    (routed[10],))  # {"winner":7,"map":"\xff"}
         db.execute("UPDATE events SET payload = CAST(x'7b2269223aff7d' AS TEXT) WHERE id = ?", (plain[20],))
