@@ -132,8 +132,7 @@ def payload_problem(value: Any) -> str | None:
     """What :func:`encode_payload` would refuse in an already-decoded ``value``, and where; None
     if nothing. For a reader of a file written by other means than ``append`` (an older version,
     sqlite3 by hand): ``{"s":"\\ud800"}`` decodes to a lone surrogate that no UTF-8 text holds."""
-    found = _in_fresh_stack(_find, value, "$", set(), 0)
-    return found
+    return _in_fresh_stack(_find, value, "$", set(), 0)
 
 
 _NOTHING_WRONG = "payload is not JSON-serialisable"

@@ -51,6 +51,7 @@ _RETRIES = (
 # The same rows with their text as bytes, which any row reads as, valid UTF-8 or not.
 _RAW_COLUMNS = "e.seq, CAST(e.id AS BLOB), CAST(e.topic AS BLOB), CAST(e.payload AS BLOB), e.created_at"
 _PENDING_RAW = _PENDING.replace(_EVENT_COLUMNS, _RAW_COLUMNS, 1)
+_RETRIES_RAW = _RETRIES.replace(_EVENT_COLUMNS, _RAW_COLUMNS, 1)
 _INLINE_CHUNK = 256  # rows per step of an inline read: ~0.2 ms of the loop's time each
 _as_event = tuple.__new__  # Event(*row) without the Python-level __new__: half the cost
 _EVENT_TYPE = itertools.repeat(Event)
@@ -324,9 +325,13 @@ class OutboxReader:
         """
         if after is None:
             after = await self.cursor()
+        return await self._set_aside_unreadable(_PENDING_RAW, (after, limit))
+
+    async def _set_aside_unreadable(self, raw_sql: str, params: Sequence[Any]) -> list[tuple[Event, str]]:
+        """Set aside the rows of ``raw_sql`` (a query of ``_RAW_COLUMNS``) whose text is not UTF-8."""
         found = [
             (_shown(row), "event set aside unread: " + problems)
-            for row in await self._all(_PENDING_RAW, (after, limit))
+            for row in await self._all(raw_sql, params)
             if (problems := _problems(row[1:4]))
         ]
         await self.set_aside(found)
@@ -341,9 +346,7 @@ class OutboxReader:
         try:
             rows = await self._all(_RETRIES, (limit,))
         except OutboxTextError:
-            raw = await self._all(_RETRIES.replace(_EVENT_COLUMNS, _RAW_COLUMNS, 1), (limit,))
-            unreadable = [r for r in raw if _problems(r[1:4])]
-            await self.set_aside((_shown(r), "event set aside unread: " + _problems(r[1:4])) for r in unreadable)
+            await self._set_aside_unreadable(_RETRIES_RAW, (limit,))
             rows = await self._all(_RETRIES, (limit,))
         return [Event(*row) for row in rows]
 

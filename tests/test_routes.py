@@ -180,13 +180,8 @@ async def test_a_payload_utf8_cannot_hold_is_set_aside_and_the_rest_ship(
            plain[5]: '{"i":"\\ud800"}'}
     with contextlib.closing(sqlite3.connect(outbox_path)) as db, db:  # closed: 3.13 warns of an open one
         db.executemany("UPDATE events SET payload = ? WHERE id = ?", [(p, i) for i, p in odd.items()])
-    async with Shipper(outbox_path, pg_dsn, routes=ROUTE) as s:
-        await s.drain(timeout=30)
-    shipped = {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM match_results")}
-    shipped |= {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM outbox_events")}
+    shipped, dead = await _ship_all(outbox_path, pg_dsn)
     assert shipped == set(routed + plain) - set(odd)
-    async with OutboxReader(outbox_path) as reader:
-        dead = {d.id: d.error for d in await reader.dead_letters()}
     assert set(dead) == set(odd)
     assert "string at $.map holds a lone surrogate U+D800" in dead[routed[20]]
     assert "string at $.map holds a lone surrogate U+DFFF at index 1" in dead[routed[30]]
@@ -207,13 +202,8 @@ async def test_a_row_that_is_not_utf8_is_set_aside_and_the_rest_ship(outbox_path
                    (routed[10],))  # {"winner":7,"map":"\xff"}
         db.execute("UPDATE events SET payload = CAST(x'7b2269223aff7d' AS TEXT) WHERE id = ?", (plain[20],))
         db.execute("UPDATE events SET topic = CAST(x'636c69636bc3' AS TEXT) WHERE id = ?", (plain[25],))
-    async with Shipper(outbox_path, pg_dsn, routes=ROUTE) as s:
-        await s.drain(timeout=30)
-    shipped = {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM match_results")}
-    shipped |= {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM outbox_events")}
+    shipped, dead = await _ship_all(outbox_path, pg_dsn)
     assert shipped == set(routed + plain) - set(bad)
-    async with OutboxReader(outbox_path) as reader:
-        dead = {d.id: d.error for d in await reader.dead_letters()}
     assert set(dead) == set(bad)
     for event_id, column in bad.items():
         assert f"{column} is not valid UTF-8" in dead[event_id], dead[event_id]
@@ -229,6 +219,18 @@ async def test_a_row_that_is_not_utf8_is_set_aside_and_the_rest_ship(outbox_path
         again = await reader.dead_letters()
     assert {d.id for d in again} == set(bad) and all(d.status == "dead" and d.attempts == 2 for d in again)
     assert late in {str(r["id"]) for r in await fetch(pg_dsn, "SELECT id FROM outbox_events")}
+
+
+async def _ship_all(path: Path, dsn: str) -> tuple[set[str], dict[str, str]]:
+    """Drain ``path`` with ROUTE; return the ids now in Postgres (routed and plain) and the
+    dead letters' errors by id."""
+    async with Shipper(path, dsn, routes=ROUTE) as s:
+        await s.drain(timeout=30)
+    shipped = {str(r["id"]) for r in await fetch(dsn, "SELECT id FROM match_results")}
+    shipped |= {str(r["id"]) for r in await fetch(dsn, "SELECT id FROM outbox_events")}
+    async with OutboxReader(path) as reader:
+        dead = {d.id: d.error for d in await reader.dead_letters()}
+    return shipped, dead
 
 
 async def _append_one(path: Path) -> str:
