@@ -156,6 +156,16 @@ def _ratios(by_mode: dict[str, list[dict[str, Any]]]) -> list[float]:
 
 
 def _memory(scenarios: list[Scenario], trials: dict[str, dict[str, list[dict[str, Any]]]]) -> Check | None:
+    """Does the shipper's memory grow with the backlog? Judged within each 1,000,000-event drain:
+    its peak RSS while the second half shipped against its peak while the first half did (the
+    batches grow to their full size in the first; a quick run's first tenth was still ramping up).
+
+    It used to compare the 1,000,000-event drains with the 100,000-event ones, separate
+    processes: the peaks of seven repeats of the same 100,000-event drain spread by 9% (51.7
+    to 56.5 MiB in one run), so a 10% margin measured that spread as much as any growth.
+    Within one drain, memory that grew with the events shipped would still show, and the
+    process, its batches and its allocator are the same throughout. The cross-drain peaks stay
+    in the detail."""
     small = next((sc for sc in scenarios if sc.key == "events"), None)
     large = next((sc for sc in scenarios if sc.key == "large"), None)
     if small is None or large is None:
@@ -164,14 +174,22 @@ def _memory(scenarios: list[Scenario], trials: dict[str, dict[str, list[dict[str
     def peak(ts: list[dict[str, Any]]) -> float:
         return median([max(rss for _, _, rss in t["rss_series"]) for t in ts])
 
+    def halves(t: dict[str, Any]) -> float:
+        series = t["rss_series"]
+        first = [rss for _, rows, rss in series if rows <= large.n // 2] or [series[0][2]]
+        second = [rss for _, rows, rss in series if rows > large.n // 2] or first
+        return max(second) / max(first)
+
+    growth = [halves(t) for t in trials["large"]["ship"]]
     p_small, p_large = peak(trials["events"]["ship"]), peak(trials["large"]["ship"])
     start = median([t["rss_start"] for t in trials["large"]["ship"]])
     return Check(
         name="shipper memory flat while draining",
-        passed=p_large <= 1.1 * p_small,
-        detail=f"peak RSS {p_large / 2**20:.0f} MiB draining {large.n:,} events vs {p_small / 2**20:.0f} MiB "
-               f"draining {small.n:,} ({large.n // small.n}x the events; flat = within 10%); "
-               f"{start / 2**20:.0f} MiB when the {large.n:,}-event drain began",
+        passed=median(growth) <= 1.1,
+        detail=f"draining {large.n:,} events, peak RSS while the second half shipped {median(growth):.2f}x the "
+               f"first half's (repeats {fmt_range(growth, lambda x: f'{x:.2f}x')}; flat = within 10%); "
+               f"peak {p_large / 2**20:.0f} MiB, against {p_small / 2**20:.0f} MiB in the separate "
+               f"{small.n:,}-event drains; {start / 2**20:.0f} MiB when the {large.n:,}-event drain began",
     )
 
 
