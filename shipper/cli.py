@@ -323,7 +323,8 @@ async def _drain(settings: ShipperSettings, timeout: float | None) -> DrainResul
     # Postgres, a missing table, route or GRANT fails at once, clearly; lock waits fit --timeout.
     sink = settings.sink(lock_timeout=min(5.0, timeout) if timeout is not None else 5.0)
     try:
-        await asyncio.wait_for(sink.open(), timeout)
+        async with asyncio.timeout(timeout):
+            await sink.open()
     except asyncio.TimeoutError:
         await sink.close()
         raise ShipperError(f"drain timed out after {timeout:g} s connecting to {redact_dsn(settings.dsn)}") from None

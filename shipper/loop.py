@@ -189,7 +189,8 @@ class Shipper:
         self.request_stop()
         deadline = self.stop_timeout if timeout is None else timeout
         try:
-            await asyncio.wait_for(asyncio.shield(task), deadline)
+            async with asyncio.timeout(deadline):  # not wait_for, which on 3.11 can lose the caller's cancel
+                await asyncio.shield(task)
         except asyncio.TimeoutError:
             task.cancel()
             try:
@@ -277,7 +278,8 @@ class Shipper:
             self._wakeup.kick()  # look now, and again after each batch: a drain never lingers
             self._progress.clear()
             try:
-                await asyncio.wait_for(self._progress.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._progress.wait()
             except asyncio.TimeoutError:
                 pass
 
@@ -484,7 +486,8 @@ class Shipper:
             await self._wakeup.wait(seconds)
             return
         try:
-            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop_requested.wait()
         except asyncio.TimeoutError:
             pass
 

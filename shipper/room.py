@@ -66,7 +66,8 @@ async def open_when_room(reader: OutboxReader, stop: asyncio.Event, *, first_wai
         except OutboxFullError as exc:
             log.warning("%s; retrying in %.1f s, and starting as soon as there is room", exc, wait)
         try:
-            await asyncio.wait_for(stop.wait(), wait)
+            async with asyncio.timeout(wait):
+                await stop.wait()
             return False
         except asyncio.TimeoutError:
             wait = min(cap, wait * 2)
