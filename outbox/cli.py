@@ -34,10 +34,11 @@ from .clitools import (
     progress,
     range_options,
     run,
+    warn,
 )
-from .errors import OutboxError
+from .errors import OutboxError, OutboxTextError
 from .jsonl import ImportSummary, export_events, import_events
-from .reader import DeadLetter, OutboxReader, Status
+from .reader import DeadLetter, Event, OutboxReader, Status
 from .report import counted, dead_letter_json, render_dead_letters, render_status
 from .schema import ship_path
 
@@ -103,11 +104,30 @@ def _iso(us: int | None) -> str | None:
 # -- export / import -----------------------------------------------------------------------------
 
 
-async def _export(path: Path, out: Any, since: int | None, until: int | None, topic: str | None) -> int:
+async def _export(path: Path, out: Any, since: int | None, until: int | None, topic: str | None) -> tuple[int, int]:
+    """Export; return how many events were written and how many left out, unreadable."""
+    left_out = 0
+
+    def unreadable(event: Event, why: str) -> None:
+        nonlocal left_out
+        left_out += 1
+        warn(f"left out seq {event.seq} (id {event.id}): {why}")
+
     async with OutboxReader(path) as reader:
         total = await reader.count_events(since_us=since, until_us=until, topic=topic)
         with progress("exporting", total) as update:
-            return await export_events(reader, out, since_us=since, until_us=until, topic=topic, progress=update)
+            written = await export_events(
+                reader, out, since_us=since, until_us=until, topic=topic, progress=update, unreadable=unreadable
+            )
+    return written, left_out
+
+
+def _left_out(left_out: int, written: int, where: str = "") -> None:
+    if left_out:
+        raise OutboxTextError(
+            f"{counted(left_out, 'event')} left out{where}: {'its' if left_out == 1 else 'their'} text is not"
+            f" valid UTF-8 ({written:,} exported)"
+        )
 
 
 @outbox.command(epilog=EXIT_CODES_HELP)
@@ -126,7 +146,9 @@ def export(path: Path, since: int | None, until: int | None, topic: str | None, 
 
     Events come in the order they were appended. Each line holds id, topic, payload,
     created_at (ISO 8601, UTC), seq and status (pending, shipped or dead). `outbox import`
-    reads the same shape back, keeping the ids.
+    reads the same shape back, keeping the ids. An event whose text is not valid UTF-8 (a
+    damaged file) cannot be written as JSON: each is named on stderr, the rest are exported,
+    and the exit code is 3.
 
     \b
     Examples:
@@ -136,7 +158,8 @@ def export(path: Path, since: int | None, until: int | None, topic: str | None, 
     """
     check_range(since, until)
     if str(output) == "-":
-        run(_export(path, sys.stdout.buffer, since, until, topic))
+        written, left_out = run(_export(path, sys.stdout.buffer, since, until, topic))
+        _left_out(left_out, written)
         return
     target = Path(output)
     # Written under a temporary name and renamed once complete: an interrupted or failed export
@@ -146,10 +169,11 @@ def export(path: Path, since: int | None, until: int | None, topic: str | None, 
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with open(fd, "wb") as out:
-            count = run(_export(path, out, since, until, topic))
-        os.replace(partial, target)
+            count, left_out = run(_export(path, out, since, until, topic))
+        os.replace(partial, target)  # with events left out too: they are named, the rest kept
     finally:
         partial.unlink(missing_ok=True)
+    _left_out(left_out, count, f" of {target}")
     click.echo(f"exported {counted(count, 'event')} to {target}", err=True)
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "parse_time",
     "scrub_secrets",
     "one_line",
+    "warn",
     "describe_error",
     "progress",
     "run",
@@ -173,6 +174,14 @@ class TimeType(click.ParamType):  # type: ignore[type-arg]  # generic from click
 def one_line(text: str) -> str:
     """Fold a message onto one line."""
     return re.sub(r"\s*\n\s*", "; ", text.strip())
+
+
+def warn(message: str) -> None:
+    """Print ``outbox: warning: MESSAGE`` (the running tool's name) as one line on stderr: for
+    what a command passed over and went on, before the one error line that says it did."""
+    ctx = click.get_current_context(silent=True)
+    name = ctx.find_root().command.name if ctx is not None else None
+    click.echo(f"{name or 'outbox'}: warning: {scrub_secrets(one_line(message))}", err=True)
 
 
 def describe_error(exc: BaseException) -> str:

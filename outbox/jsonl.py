@@ -17,6 +17,7 @@ from typing import BinaryIO
 from .errors import PayloadError
 from .maintenance import event_record, import_records, parse_record
 from .reader import OutboxReader
+from .records import Event
 
 __all__ = ["export_events", "ImportSummary", "import_events", "max_line_bytes"]
 
@@ -40,17 +41,22 @@ async def export_events(
     until_us: int | None = None,
     topic: str | None = None,
     progress: Callable[[int], None] | None = None,
+    unreadable: Callable[[Event, str], object] | None = None,
 ) -> int:
     """Write the selected events to ``out`` as JSON lines, in seq order; return how many.
 
     Each record is :func:`outbox.maintenance.event_record` plus ``status`` (``pending``,
     ``shipped`` or ``dead``; a dead letter sent for retry is ``pending``). Events an operator
-    dropped are left out.
+    dropped are left out. So is an event whose text is not valid UTF-8 (JSON text cannot hold
+    it): it goes to ``unreadable`` with why, and the export goes on (without it,
+    :class:`~outbox.OutboxTextError` stops it there).
     """
     cursor = await reader.cursor()
     aside = {int(seq): str(status) for seq, status in await reader.db.execute_fetchall("SELECT seq, status FROM ship.dead")}
     written = 0
-    async for chunk in reader.iter_events(since_us=since_us, until_us=until_us, topic=topic, chunk=_EXPORT_CHUNK):
+    async for chunk in reader.iter_events(
+        since_us=since_us, until_us=until_us, topic=topic, chunk=_EXPORT_CHUNK, unreadable=unreadable
+    ):
         lines = []
         for event in chunk:
             state = aside.get(event.seq)

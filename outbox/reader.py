@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -75,6 +75,24 @@ def _shown(row: Sequence[Any]) -> Event:
     seq, raw_id, raw_topic, _, created_at = row
     shown = [bytes(raw or b"").decode("utf-8", "replace") for raw in (raw_id, raw_topic)]
     return Event(seq, shown[0], shown[1], "", created_at)
+
+
+def _readable(path: Path, rows: Sequence[Sequence[Any]], unreadable: Callable[[Event, str], object] | None) -> list[Event]:
+    """The events of ``rows``; read as bytes (a chunk sqlite3 could not read as text), those
+    that are UTF-8, each other one handed to ``unreadable`` with why (or raised)."""
+    if not rows or not isinstance(rows[0][3], bytes):
+        return [Event(*row) for row in rows]
+    events = []
+    for row in rows:
+        if not (problems := _problems(row[1:4])):
+            seq, raw_id, raw_topic, raw_payload, created_at = row
+            events.append(Event(seq, raw_id.decode(), raw_topic.decode(), raw_payload.decode(), created_at))
+            continue
+        shown = _shown(row)
+        if unreadable is None:
+            raise OutboxTextError(f"outbox {path}: seq {shown.seq} (id {shown.id}): {problems}")
+        unreadable(shown, problems)
+    return events
 
 
 def _now_us() -> int:
@@ -448,12 +466,20 @@ class OutboxReader:
         shipped_only: bool = False,
         skip_set_aside: bool = False,
         chunk: int = 1000,
+        unreadable: Callable[[Event, str], object] | None = None,
     ) -> AsyncIterator[list[Event]]:
         """Yield events in seq order, in chunks, filtered by creation time and topic.
 
         Memory stays bounded whatever the file's size: each chunk is a keyset query from the
         last seq seen. ``skip_set_aside`` leaves out dead letters (and dropped ones);
         ``shipped_only`` yields only events shipped so far (never a dead letter).
+
+        A row whose text is not valid UTF-8 cannot be read as an event, and sqlite3 then fails
+        the whole chunk. The chunk is read again as bytes: with ``unreadable``, each such row is
+        handed to it (as :meth:`set_aside_unreadable` shows one: id and topic with U+FFFD for
+        the bad bytes, no payload; and why, naming the column and the byte) and the others are
+        yielded; without, :class:`~outbox.OutboxTextError` names the first. Either way the row
+        is not skipped in silence.
         """
         clauses: list[str] = ["e.seq > ?"]
         params: list[Any] = [0]
@@ -474,12 +500,17 @@ class OutboxReader:
         after = 0
         while True:
             params[0] = after
-            rows = await self._all(sql, [*params, chunk])
+            try:
+                rows = await self._all(sql, [*params, chunk])
+            except OutboxTextError:
+                rows = await self._all(sql.replace(_EVENT_COLUMNS, _RAW_COLUMNS, 1), [*params, chunk])
             if not rows:
                 return
-            events = [Event(*row) for row in rows]
-            yield events
-            after = events[-1].seq
+            last = int(rows[-1][0])
+            events = _readable(self.path, rows, unreadable)
+            if events:
+                yield events
+            after = last  # past the unreadable rows too
 
     async def count_events(
         self, *, since_us: int | None = None, until_us: int | None = None, topic: str | None = None

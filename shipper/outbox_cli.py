@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import click
 
-from outbox import OutboxReader
+from outbox import Event, OutboxReader, OutboxTextError
 from outbox.cli import outbox as cli
 from outbox.clilog import log_to_stderr
 from outbox.clitools import (
@@ -27,6 +27,7 @@ from outbox.clitools import (
     progress,
     range_options,
     run,
+    warn,
 )
 from outbox.report import counted
 
@@ -108,9 +109,14 @@ async def _replay(
         with progress("selecting" if dry_run else "replaying", total, deltas=True) as step:
             result = await replay_events(
                 reader, dsn, since_us=since, until_us=until, topic=topic, dry_run=dry_run, progress=step, routes=routes,
-                schema=schema,
+                schema=schema, unreadable=_named("would not send" if dry_run else "not replayed"),
             )
-        return result, max(0, total - result.selected)
+        return result, max(0, total - result.selected - result.unreadable)
+
+
+def _named(what: str) -> Callable[[Event, str], None]:
+    """A warning line for each event whose text is not valid UTF-8, as the command passes it."""
+    return lambda event, why: warn(f"{what} seq {event.seq} (id {event.id}): {why}".lstrip())
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -136,7 +142,9 @@ def replay(
 
     For a Postgres restored to an earlier point: the events shipped since that point are still
     in the outbox (until pruned) and are sent again. Ids already in Postgres are skipped, so a
-    replay can be repeated safely. Run `outbox verify` first to see what is missing.
+    replay can be repeated safely. Run `outbox verify` first to see what is missing. An event
+    whose text is not valid UTF-8 (a damaged file) cannot be sent: each is named on stderr, the
+    rest are sent, and the exit code is 3.
 
     \b
     Examples:
@@ -158,6 +166,7 @@ def replay(
                 "already_present": None if dry_run else already,  # unknown without asking Postgres
                 "refused": None if dry_run else result.rejected,
                 "dead_letters_left_out": left_out,
+                "unreadable": result.unreadable,
                 "by_topic": result.by_topic,
                 "dry_run": dry_run,
             }
@@ -181,6 +190,11 @@ def replay(
             f"Postgres refused {result.rejected:,} of the replayed events"
             f" (they are not set aside by a replay; fix the cause and replay again)"
         )
+    if result.unreadable:
+        raise OutboxTextError(
+            f"{counted(result.unreadable, 'event')} not {'sendable' if dry_run else 'replayed'}:"
+            f" {'its' if result.unreadable == 1 else 'their'} text is not valid UTF-8"
+        )
 
 
 # -- verify --------------------------------------------------------------------------------------
@@ -190,7 +204,9 @@ async def _verify(path: Path, dsn: str, routes: dict[str, str], schema: str = "p
     async with OutboxReader(path) as reader:
         total = (await reader.status()).shipped
         with progress("verifying", total, deltas=True) as step:
-            return await verify_events(reader, dsn, progress=step, routes=routes, schema=schema)
+            return await verify_events(
+                reader, dsn, progress=step, routes=routes, schema=schema, unreadable=_named("")
+            )
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -203,7 +219,9 @@ def verify(path: Path, dsn: str, routes: dict[str, str], as_json: bool, schema: 
     """Prove that every shipped event still in the outbox is in Postgres.
 
     Checks in chunks, so any size of outbox works. Prints how many are missing per topic and
-    exits 1 when any is; `outbox replay` then sends them again.
+    exits 1 when any is; `outbox replay` then sends them again. A shipped event whose text went
+    bad on disk (not valid UTF-8) is named on stderr; it is still checked by its id, unless its
+    id or topic is what went bad (exit 3).
 
     \b
     Examples:
@@ -220,7 +238,8 @@ def verify(path: Path, dsn: str, routes: dict[str, str], as_json: bool, schema: 
                 "missing": result.missing,
                 "missing_total": missing,
                 "missing_ids": result.missing_ids,
-                "ok": not missing,
+                "unchecked": result.unchecked,
+                "ok": not missing and not result.unchecked,
             }
         )
     elif not missing:
@@ -234,6 +253,11 @@ def verify(path: Path, dsn: str, routes: dict[str, str], as_json: bool, schema: 
         raise click.ClickException(
             f"{counted(missing, 'shipped event')} {'is' if missing == 1 else 'are'} missing from Postgres;"
             f" `outbox replay {path} --dsn DSN` (the same DSN) sends them again"
+        )
+    if result.unchecked:
+        raise OutboxTextError(
+            f"{counted(result.unchecked, 'shipped event')} could not be checked:"
+            f" {'its' if result.unchecked == 1 else 'their'} id or topic is not valid UTF-8"
         )
 
 
