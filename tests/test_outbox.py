@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import stat
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -159,3 +160,30 @@ async def test_checkpoints_keep_the_wal_small(outbox_path: Path) -> None:
     # 10,000 appends write ~40 MB of WAL frames; restarts keep the file near one burst's worth
     assert max(sizes) < 9 * 1024 * 1024, sizes
     assert sizes[-1] < 4 * 1024 * 1024, sizes
+
+
+async def test_appends_faster_than_the_checkpoints_wait_for_them(outbox_path: Path) -> None:
+    """A checkpoint's fsync can stall for as long as the disk needs (1.7 s seen, the appender
+    flat out): the WAL grew meanwhile to 475 MiB of a 64 MiB bound. Here each checkpoint is
+    held up 0.2 s before it runs (the stall) and the bound is 1 MiB; an append that finds the
+    WAL past 1.5 times it must wait for the checkpoints, so the file stays near that."""
+    bound = 1024 * 1024
+    sizes = []
+    async with Outbox(outbox_path, checkpoint_every=100) as ob:
+        ob._wal_bound = bound
+        real = ob._checkpoint
+
+        def stalled(truncate: bool = False) -> None:
+            time.sleep(0.2)
+            real(truncate)
+
+        ob._checkpoint = stalled  # type: ignore[method-assign]
+        for i in range(3_000):
+            await ob.append("t", {"i": i, "pad": "y" * 400})
+            if i % 50 == 0:
+                sizes.append(os.stat(f"{outbox_path}-wal").st_size)
+    # without the wait the WAL reached 15 MiB (60 MiB over 12,000 appends); with it, 1.5x the
+    # bound plus the frames of the appends between two looks at it (100 appends, ~0.5 MiB)
+    assert max(sizes) < 2.5 * bound, [s // 1024 for s in sizes[::10]]
+    async with OutboxReader(outbox_path) as reader:
+        assert await reader.last_seq() == 3_000
