@@ -270,8 +270,8 @@ class Shipper:
             if not ahead or ahead[0].seq > target:
                 await self._notes.settle()  # so `outbox status` agrees once this returns
                 return self.stats.shipped - before
-            if self._task.done():
-                raise ShipperError("the shipper stopped before the drain finished")
+            if self._task.done():  # its fatal error, if it ended on one while this read the file
+                raise self._fatal or ShipperError("the shipper stopped before the drain finished")
             wait = self.flush_interval if deadline is None else min(self.flush_interval, deadline - loop.time())
             if wait <= 0:
                 raise ShipperError(f"drain timed out after {timeout:g} s; events are still pending")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -270,3 +272,28 @@ async def test_in_memory_sink_keeps_rows_by_route(outbox_path: Path) -> None:
     async with OutboxReader(outbox_path) as reader:
         events = await reader.read_pending(10, after=0)
     assert await sink.missing(events) == []
+
+
+async def test_a_drain_names_the_fatal_error_that_stopped_the_shipper_mid_drain(outbox_path: Path, pg_dsn: str) -> None:
+    """The flake of the test above: when the loop stopped on its fatal error while the drain was
+    reading the outbox, the drain said "the shipper stopped before the drain finished" instead
+    of the error. Here the drain's read waits for the loop to end, so that ordering always holds."""
+    await execute(pg_dsn, "CREATE TABLE loose2 (id uuid, winner bigint)")
+    async with Outbox(outbox_path) as ob:
+        await ob.append("loose2", {"winner": 1})
+    s = Shipper(outbox_path, pg_dsn, routes={"loose2": "loose2"})
+    await s.start()
+    task, read = s._task, s.reader.read_pending
+    assert task is not None
+
+    async def read_once_the_loop_ended(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.wait([task])
+        return await read(*args, **kwargs)
+
+    s.reader.read_pending = read_once_the_loop_ended  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RouteError, match="primary key or a unique key"):
+            await s.drain(timeout=30)
+    finally:
+        s.reader.read_pending = read  # type: ignore[method-assign]
+        await s.stop()
