@@ -213,11 +213,7 @@ class Outbox:
         _open.pop(self, None)
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
-        if self._checkpointing is not None:
-            try:
-                await asyncio.wrap_future(self._checkpointing)
-            except OutboxError:
-                pass
+        await self._checkpoint_finished()
         worker, side, conn = self._worker, self._side, self._conn
         self._worker = self._side = self._conn = None
         self._cursor = None
@@ -382,14 +378,18 @@ class Outbox:
     async def _catch_up(self) -> None:
         """Wait for the running checkpoint, then for one that starts the WAL over (TRUNCATE),
         before the append that found the WAL past its bound returns (see the module's
-        docstring). A checkpoint that fails is logged by its callback; the appends go on."""
-        for truncate in (False, True):
-            if truncate:
-                self._start_checkpoint(truncate=True)
-            running = self._checkpointing
-            if running is not None and not running.done():
-                with contextlib.suppress(OutboxError):
-                    await asyncio.wrap_future(running)
+        docstring)."""
+        await self._checkpoint_finished()
+        self._start_checkpoint(truncate=True)
+        await self._checkpoint_finished()
+
+    async def _checkpoint_finished(self) -> None:
+        """Wait for the checkpoint on the side thread, if one is running. One that failed was
+        logged by its callback; appending and closing go on."""
+        running = self._checkpointing
+        if running is not None:
+            with contextlib.suppress(OutboxError):
+                await asyncio.wrap_future(running)
 
     def _chase(self) -> None:
         """Checkpoint what was appended during the last checkpoint, so a pause leaves none behind."""

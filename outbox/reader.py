@@ -78,10 +78,8 @@ def _shown(row: Sequence[Any]) -> Event:
 
 
 def _readable(path: Path, rows: Sequence[Sequence[Any]], unreadable: Callable[[Event, str], object] | None) -> list[Event]:
-    """The events of ``rows``; read as bytes (a chunk sqlite3 could not read as text), those
+    """The events of ``rows``, read as bytes (a chunk sqlite3 could not read as text): those
     that are UTF-8, each other one handed to ``unreadable`` with why (or raised)."""
-    if not rows or not isinstance(rows[0][3], bytes):
-        return [Event(*row) for row in rows]
     events = []
     for row in rows:
         if not (problems := _problems(row[1:4])):
@@ -502,15 +500,15 @@ class OutboxReader:
             params[0] = after
             try:
                 rows = await self._all(sql, [*params, chunk])
+                events = [Event(*row) for row in rows]
             except OutboxTextError:
                 rows = await self._all(sql.replace(_EVENT_COLUMNS, _RAW_COLUMNS, 1), [*params, chunk])
+                events = _readable(self.path, rows, unreadable)
             if not rows:
                 return
-            last = int(rows[-1][0])
-            events = _readable(self.path, rows, unreadable)
             if events:
                 yield events
-            after = last  # past the unreadable rows too
+            after = int(rows[-1][0])  # past the unreadable rows too
 
     async def count_events(
         self, *, since_us: int | None = None, until_us: int | None = None, topic: str | None = None

@@ -80,6 +80,7 @@ async def replay(
         result.unreadable += 1
         if unreadable is not None:
             unreadable(event, why)
+
     by_topic: Counter[str] = Counter()
     own = sink is None and not dry_run
     if own:
