@@ -332,7 +332,7 @@ class PostgresSink:
                 self.conn,
                 table.name,
                 table.columns,
-                table.rows if text is None else (),
+                () if text is not None else table.records if table.records is not None else table.rows,
                 schema=self.schema,
                 intros=self._intros,
                 text=text,

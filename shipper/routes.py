@@ -37,6 +37,7 @@ from .copyrows import Encoder, compile_encoder
 from .errors import SchemaError
 from .migrate import COMMAND_TABLE, EVENT_TABLE
 from .rows import COMMAND_TOPIC, EVENT_COLUMNS, MAX_US, Routed, Table
+from .typedrows import TypedEncoder, typed_encoder
 
 __all__ = [
     "Column",
@@ -106,6 +107,7 @@ class TableSpec:
     conflict: tuple[str, ...] = ("id",)
     keyed: frozenset[str] = field(default=frozenset())  # columns filled from payload keys
     encoders: dict[tuple[str, ...], Encoder] = field(default_factory=dict, compare=False, repr=False)
+    typed_encoders: dict[tuple[str, ...], TypedEncoder | None] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(name: str, columns: Sequence[Column], conflict: Sequence[str]) -> TableSpec:
@@ -136,6 +138,16 @@ class TableSpec:
             nulls = [name for name in missing if name not in omitted]
             encode = self.encoders[missing] = compile_encoder(written, omitted, nulls)
         return encode
+
+    def typed_encoder(self, missing: tuple[str, ...]) -> TypedEncoder | None:
+        """The typed-row encoder (binary COPY) for the same events as :meth:`encoder`, or None
+        where the table's column types rule it out (:mod:`shipper.typedrows`)."""
+        if missing not in self.typed_encoders:
+            omitted = self.omitted(missing)
+            written = [(c.name, _fill(c), c.is_array, c.type) for c in self.columns if c.name not in omitted]
+            nulls = [name for name in missing if name not in omitted]
+            self.typed_encoders[missing] = typed_encoder(written, omitted, nulls)
+        return self.typed_encoders[missing]
 
 
 _ID, _CREATED, _PAYLOAD, _KEY = range(4)
@@ -234,13 +246,22 @@ class Router:
             missing = spec.shape(group[0])  # the events of one route usually all have the same keys
             if missing is not None:
                 omitted = spec.omitted(missing)
+                kept = [c for c in spec.columns if c.name not in omitted]
+                typed = spec.typed_encoder(missing)
+                if typed is not None:  # the slices that can go as a binary COPY of typed rows
+                    records, done, group = typed(group)
+                    if done:
+                        routed.tables.append(Table(
+                            spec.name, tuple(c.name for c in kept), events=done, records=records,
+                            conflict=spec.conflict, types=tuple(c.type for c in kept), spec=spec,
+                            make_rows=functools.partial(_rows_of, spec),
+                        ))
                 lines, done, group = spec.encoder(missing)(group)
                 try:
                     text = "".join(lines).encode("utf-8")
                 except UnicodeEncodeError:  # a lone surrogate (a payload's "\ud800"): the general path names it
                     done, group = [], [*done, *group]
                 if done:
-                    kept = [c for c in spec.columns if c.name not in omitted]
                     routed.tables.append(Table(
                         spec.name, tuple(c.name for c in kept), events=done, _text=text,
                         conflict=spec.conflict, types=tuple(c.type for c in kept), spec=spec,

@@ -51,7 +51,9 @@ class Table:
 
     ``outbox_events`` rows are the events' own fields, so they are made only if asked for
     (:attr:`rows`): the fast path sends :meth:`copy_text` instead. A route's rows (``spec``
-    set) are text values, or None for NULL, that Postgres casts to ``types``.
+    set) are text values, or None for NULL, that Postgres casts to ``types``; where the route
+    could type them (:mod:`shipper.typedrows`), the fast path sends :attr:`records` instead, in
+    a binary COPY, and the text rows are made only for the careful path.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Table:
     types: tuple[str, ...] = ()  # a route's column types, for the careful path's casts
     spec: TableSpec | None = field(default=None, repr=False)
     make_rows: Callable[[list[Event]], list[tuple[Any, ...]]] | None = field(default=None, repr=False)
+    records: list[tuple[Any, ...]] | None = field(default=None, repr=False)  # typed values: a binary COPY
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
@@ -74,13 +77,14 @@ class Table:
         return self._rows
 
     def copy_text(self) -> bytes | None:
-        """The rows in COPY's text format, or None where binary COPY of :attr:`rows` must do.
+        """The rows in COPY's text format, or None where a binary COPY (of :attr:`records`, or
+        else of :attr:`rows`) must do.
 
         Only ``outbox_events`` rows, whose payload is already JSON text: built once (the
         shipper's read-ahead does it while the previous batch is in flight), it leaves the
         send nothing to encode, where a binary COPY encodes every value on the critical path.
         """
-        if self._text is None and self.events:
+        if self._text is None and self.events and self.records is None:
             if self.spec is not None:
                 self._text = rows_copy_text(self.rows)
             elif self.name == EVENT_TABLE:
