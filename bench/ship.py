@@ -75,10 +75,10 @@ async def _scenarios(ctx: Context) -> tuple[list[Scenario], list[str], list[str]
                  modes=("ship", "ship_serial", "sink", "sink_reading", "copy")),
         Scenario(key="commands", label=f"{small:,} command_calls events -> command_calls (typed columns)",
                  path=commands, n=small, dsn=dsn, table="command_calls", repeats=reps_small,
-                 modes=("ship", "ship_stdlib", "sink", "copy")),
+                 modes=("ship", "ship_text", "ship_stdlib", "sink", "copy")),
         Scenario(key="route", label=f"{small:,} events -> a user route ({ROUTE_TOPIC}, the same typed columns)",
                  path=routed, n=small, dsn=dsn, table=ROUTE_TOPIC, repeats=reps_small,
-                 modes=("ship", "ship_stdlib", "sink", "copy")),
+                 modes=("ship", "ship_text", "ship_stdlib", "sink", "copy")),
         Scenario(key="large", label=f"{big:,} events -> outbox_events", path=large, n=big, dsn=dsn,
                  table="outbox_events", repeats=reps_big),
     ]
@@ -136,7 +136,7 @@ async def run(ctx: Context) -> Section:
         section.checks.append(mem)
     section.tables.append(throughput_table(scenarios, trials, ratios))
     section.tables.append(breakdown_table([sc for sc in scenarios if sc.key != "events_tcp"], trials))
-    section.notes += notes + _diagnosis(trials)
+    section.notes += notes + _diagnosis(trials) + _typed_diagnosis(trials)
     section.tables.append(cpu_table(scenarios, trials))
     section.tables.append(memory_table(scenarios, trials))
     section.charts.append(_throughput_chart(scenarios, trials))
@@ -230,6 +230,27 @@ def _diagnosis(trials: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
         f"{notes[0]} for {notes[1]} batches over the repeats (at most one per 0.1 s while busy; "
         "Postgres's ledger is what a restarted shipper resumes from).",
     ]
+
+
+def _typed_diagnosis(trials: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """What the binary COPY of typed rows (shipper.typedrows) did, against the same shipper's COPY text."""
+    out = []
+    for key in ("commands", "route"):
+        tr = trials.get(key, {})
+        if not tr.get("ship") or not tr.get("ship_text"):
+            continue
+        ratio = median([(a["rows"] / a["seconds"]) / (b["rows"] / b["seconds"]) for a, b in zip(tr["ship"], tr["ship_text"])])
+
+        def cpu(mode: str, field: str) -> str:
+            values = [t[field] * 1e6 / t["rows"] for t in tr[mode] if t.get(field) is not None]
+            return f"{median(values):.2f}" if values else "?"
+
+        out.append(
+            f"{key}: the shipper sending typed rows in a binary COPY ran at {fmt_ratio(ratio)} of itself sending "
+            f"COPY text; CPU per 1,000 events, client {cpu('ship', 'cpu_s')} against {cpu('ship_text', 'cpu_s')} ms, "
+            f"Postgres backend {cpu('ship', 'backend_cpu_s')} against {cpu('ship_text', 'backend_cpu_s')} ms."
+        )
+    return out
 
 
 def _throughput_chart(scenarios: list[Scenario], trials: dict[str, dict[str, list[dict[str, Any]]]]) -> Chart:

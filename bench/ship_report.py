@@ -21,6 +21,7 @@ METHODS = {
     "ship": "the shipper",
     "ship_serial": "diagnostic: the shipper, read-ahead off",
     "ship_stdlib": "the shipper without the fast extra (the standard json module)",
+    "ship_text": "diagnostic: the shipper, a route's batches as COPY text (no binary COPY of typed rows)",
     "sink": "PostgresSink.send from memory",
     "sink_reading": "diagnostic: PostgresSink.send from memory, reading the next batch beside each send",
     "copy": "raw COPY from memory",
@@ -126,7 +127,7 @@ _STEPS = (
 def breakdown_table(scenarios: Sequence[Scenario], trials: Trials) -> Table:
     rows = []
     for sc in scenarios:
-        for mode in ("copy", "sink", "sink_reading", "ship", "ship_stdlib", "ship_serial"):
+        for mode in ("copy", "sink", "sink_reading", "ship", "ship_text", "ship_stdlib", "ship_serial"):
             if mode not in sc.modes:
                 continue
             c = _steps(trials[sc.key][mode], mode)

@@ -1,8 +1,8 @@
 """Just the typed-column backlogs of the ship bench (command_calls and a user route), side by side.
 
 Usage: ``python -m bench.ship_typed [N] [REPEATS]``: the same trials as ``python -m bench ship``
-(``bench.ship._trial``: fresh child process per trial, shipper vs sink vs raw COPY of the same
-typed rows), for the two typed backlogs only, with medians and ratios printed. A quick way to
+(``bench.ship._trial``: fresh child process per trial, shipper vs the shipper on COPY text alone
+(``ship_text``) vs sink vs raw COPY of the same typed rows), for the two typed backlogs only, with medians and ratios printed. A quick way to
 measure the routing path without the full ship section.
 """
 
@@ -34,13 +34,14 @@ async def main(n: int, repeats: int) -> None:
         for key, topic, table in (("commands", "command_calls", "command_calls"), ("route", ROUTE_TOPIC, ROUTE_TOPIC)):
             path = ctx.path(f"{key}.db")
             await fill(path, n, topic)
-            scenarios.append(Scenario(key=key, label=key, path=path, n=n, dsn=dsn, table=table, repeats=repeats))
+            scenarios.append(Scenario(key=key, label=key, path=path, n=n, dsn=dsn, table=table, repeats=repeats,
+                                      modes=("ship", "ship_text", "sink", "copy")))
         for sc in scenarios:
             await _trial(ctx, sc, "copy")  # untimed, as in the ship bench
             rates: dict[str, list[float]] = {m: [] for m in sc.modes}
             cpu: dict[str, list[float]] = {m: [] for m in sc.modes}
             backend: dict[str, list[float]] = {m: [] for m in sc.modes}
-            ratios = []
+            ratios, binary = [], []
             for r in range(repeats):
                 order = sc.modes[r % len(sc.modes):] + sc.modes[: r % len(sc.modes)]
                 got = {}
@@ -52,8 +53,10 @@ async def main(n: int, repeats: int) -> None:
                     if res.get("backend_cpu_s") is not None:
                         backend[mode].append(res["backend_cpu_s"] * 1e6 / res["rows"])
                 ratios.append(got["ship"] / got["copy"])
+                binary.append(got["ship"] / got["ship_text"])
             print(f"{sc.key}: " + ", ".join(f"{m} {median(v):,.0f}/s" for m, v in rates.items())
-                  + f"; ship/copy median {median(ratios):.2f}x (repeats {min(ratios):.2f}-{max(ratios):.2f})", flush=True)
+                  + f"; ship/copy median {median(ratios):.2f}x (repeats {min(ratios):.2f}-{max(ratios):.2f})"
+                  + f"; ship/ship_text {median(binary):.2f}x", flush=True)
             print("  client CPU ms per 1,000 rows: " + ", ".join(f"{m} {median(v):.2f}" for m, v in cpu.items())
                   + "; Postgres backend: " + ", ".join(f"{m} {median(v):.2f}" for m, v in backend.items() if v), flush=True)
     finally:

@@ -15,6 +15,8 @@ Usage: ``python -m bench.procs.drainer MODE PATH DSN [BATCH]``
     shape: raw COPY, the floor.
 
 ``ship_stdlib``: the shipper without the ``fast`` extra (the standard json module), as a plain install runs it.
+``ship_text``: diagnostic, the shipper sending a route's batches as COPY text, never as typed rows
+in a binary COPY (:mod:`shipper.typedrows`), to show what the binary COPY gains.
 
 Two diagnostics: ``ship_serial``, the shipper with its read-ahead turned off (each batch read
 when needed), and ``sink_reading``, ``sink`` reading the next batch from the outbox beside each
@@ -247,6 +249,13 @@ async def ship_stdlib(path: str, dsn: str, batch: int) -> dict[str, Any]:
     return await ship(path, dsn, batch, mode="ship_stdlib")
 
 
+async def ship_text(path: str, dsn: str, batch: int) -> dict[str, Any]:
+    import shipper.routes as routes
+
+    routes.typed_encoder = lambda *args: None  # type: ignore[assignment]  # no typed rows: every route batch as COPY text
+    return await ship(path, dsn, batch, mode="ship_text")
+
+
 async def ship_serial(path: str, dsn: str, batch: int) -> dict[str, Any]:
     _no_read_ahead()
     return await ship(path, dsn, batch, mode="ship_serial")
@@ -402,6 +411,7 @@ MODES: dict[str, Callable[[str, str, int], Coroutine[Any, Any, dict[str, Any]]]]
     "ship": ship,
     "ship_serial": ship_serial,
     "ship_stdlib": ship_stdlib,
+    "ship_text": ship_text,
     "sink": sink,
     "sink_reading": sink_reading,
     "copy": copy,
