@@ -129,24 +129,26 @@ class TableSpec:
         """Of the ``missing`` keys, the columns left to their defaults (the rest are NULL)."""
         return tuple(c.name for c in self.columns if c.has_default and c.name in missing)
 
+    def _layout(self, missing: tuple[str, ...]) -> tuple[list[tuple[str, int, bool, str]], tuple[str, ...], list[str]]:
+        """What an encoder for events lacking exactly the ``missing`` keys is built from: the
+        columns written (``(name, fill, is_array, type)``), those left to their defaults, and
+        those written as NULL."""
+        omitted = self.omitted(missing)
+        written = [(c.name, _fill(c), c.is_array, c.type) for c in self.columns if c.name not in omitted]
+        return written, omitted, [name for name in missing if name not in omitted]
+
     def encoder(self, missing: tuple[str, ...]) -> Encoder:
         """The compiled COPY encoder for events whose payloads lack exactly the ``missing`` keys."""
         encode = self.encoders.get(missing)
         if encode is None:
-            omitted = self.omitted(missing)
-            written = [(c.name, _fill(c), c.is_array, c.type) for c in self.columns if c.name not in omitted]
-            nulls = [name for name in missing if name not in omitted]
-            encode = self.encoders[missing] = compile_encoder(written, omitted, nulls)
+            encode = self.encoders[missing] = compile_encoder(*self._layout(missing))
         return encode
 
     def typed_encoder(self, missing: tuple[str, ...]) -> TypedEncoder | None:
         """The typed-row encoder (binary COPY) for the same events as :meth:`encoder`, or None
         where the table's column types rule it out (:mod:`shipper.typedrows`)."""
         if missing not in self.typed_encoders:
-            omitted = self.omitted(missing)
-            written = [(c.name, _fill(c), c.is_array, c.type) for c in self.columns if c.name not in omitted]
-            nulls = [name for name in missing if name not in omitted]
-            self.typed_encoders[missing] = typed_encoder(written, omitted, nulls)
+            self.typed_encoders[missing] = typed_encoder(*self._layout(missing))
         return self.typed_encoders[missing]
 
 
@@ -247,26 +249,22 @@ class Router:
             if missing is not None:
                 omitted = spec.omitted(missing)
                 kept = [c for c in spec.columns if c.name not in omitted]
+                encoded = functools.partial(  # a table of the events an encoder took
+                    Table, spec.name, tuple(c.name for c in kept), conflict=spec.conflict,
+                    types=tuple(c.type for c in kept), spec=spec, make_rows=functools.partial(_rows_of, spec),
+                )
                 typed = spec.typed_encoder(missing)
                 if typed is not None:  # the slices that can go as a binary COPY of typed rows
                     records, done, group = typed(group)
                     if done:
-                        routed.tables.append(Table(
-                            spec.name, tuple(c.name for c in kept), events=done, records=records,
-                            conflict=spec.conflict, types=tuple(c.type for c in kept), spec=spec,
-                            make_rows=functools.partial(_rows_of, spec),
-                        ))
+                        routed.tables.append(encoded(events=done, records=records))
                 lines, done, group = spec.encoder(missing)(group)
                 try:
                     text = "".join(lines).encode("utf-8")
                 except UnicodeEncodeError:  # a lone surrogate (a payload's "\ud800"): the general path names it
                     done, group = [], [*done, *group]
                 if done:
-                    routed.tables.append(Table(
-                        spec.name, tuple(c.name for c in kept), events=done, _text=text,
-                        conflict=spec.conflict, types=tuple(c.type for c in kept), spec=spec,
-                        make_rows=functools.partial(_rows_of, spec),
-                    ))
+                    routed.tables.append(encoded(events=done, _text=text))
             if group:  # what the compiled encoder left: defaults, refusals
                 text_tables(spec, group, routed)
         return routed

@@ -51,16 +51,15 @@ from typing import Any
 
 from outbox import Event
 
-from .columnar import MIN_EVENTS, _optional_msgspec, _row_decoders
+from .columnar import _CREATED, _ID, _TEXT, MIN_EVENTS, _optional_msgspec, _row_decoders
+from .copyrows import CHUNK  # slices as the text encoders slice a batch
 from .rows import MAX_US, column_kind
 
-__all__ = ["TypedEncoder", "typed_encoder", "CHUNK"]
+__all__ = ["TypedEncoder", "typed_encoder"]
 
 # (typed rows, the events they are, the events left to the text encoders)
 TypedEncoder = Callable[[Sequence[Event]], tuple[list[tuple[Any, ...]], list[Event], list[Event]]]
-CHUNK = 512  # events per slice: as the text encoders slice a batch (shipper.copyrows.CHUNK)
 
-_ID, _TEXT, _CREATED = operator.itemgetter(1), operator.itemgetter(3), operator.itemgetter(4)
 _HEX = "[0-9a-fA-F]"
 _UUID_LINES = re.compile(f"(?:{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}\n)*")
 """Canonical UUIDs, one per line: asyncpg's parser takes hyphens anywhere, Postgres's does not."""
