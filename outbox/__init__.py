@@ -17,6 +17,7 @@ from .errors import (
 )
 from .ids import uuid7
 from .reader import DeadLetter, Event, OutboxReader, Status, TopicStatus
+from .records import EventRows
 from .schema import ship_path
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "NotAnOutboxError",
     "OutboxReader",
     "Event",
+    "EventRows",
     "DeadLetter",
     "Status",
     "TopicStatus",

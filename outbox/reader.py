@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import sqlite3
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import aiosqlite
 
 from . import opening, schema, shipclock, status
-from .records import NOT_SET_ASIDE, DeadLetter, Event
+from .records import NOT_SET_ASIDE, DeadLetter, Event, EventRow, EventRows
 from .status import Status, TopicStatus
 from .errors import OutboxClosedError, OutboxTextError
 
@@ -53,8 +52,6 @@ _RAW_COLUMNS = "e.seq, CAST(e.id AS BLOB), CAST(e.topic AS BLOB), CAST(e.payload
 _PENDING_RAW = _PENDING.replace(_EVENT_COLUMNS, _RAW_COLUMNS, 1)
 _RETRIES_RAW = _RETRIES.replace(_EVENT_COLUMNS, _RAW_COLUMNS, 1)
 _INLINE_CHUNK = 256  # rows per step of an inline read: ~0.2 ms of the loop's time each
-_as_event = tuple.__new__  # Event(*row) without the Python-level __new__: half the cost
-_EVENT_TYPE = itertools.repeat(Event)
 
 
 def _problems(texts: Sequence[bytes | None]) -> str:
@@ -231,8 +228,9 @@ class OutboxReader:
         """Return the highest seq in the events file (0 when empty)."""
         return int(await self._one("SELECT max(seq) FROM events") or 0)
 
-    async def read_pending(self, limit: int, after: int | None = None, *, on_loop: bool = False) -> list[Event]:
-        """Return up to ``limit`` events past ``after`` (default: the cursor), in seq order.
+    async def read_pending(self, limit: int, after: int | None = None, *, on_loop: bool = False) -> EventRows:
+        """Return up to ``limit`` events past ``after`` (default: the cursor), in seq order, as
+        the rows read (:class:`outbox.EventRows`: a sequence of events, made as they are asked for).
 
         ``on_loop``: read on the event loop's own thread, 256 rows at a time with a yield
         between, instead of on aiosqlite's. For a shipper's read-ahead, which runs while the
@@ -243,17 +241,16 @@ class OutboxReader:
         if after is None:
             after = await self.cursor()
         if not on_loop:
-            rows = await self._all(_PENDING, (after, limit))
-            return list(map(_as_event, _EVENT_TYPE, rows))
+            return EventRows(await self._all(_PENDING, (after, limit)))
         inline = self._inline
         if inline is None:
             raise self._not_open()
-        events: list[Event] = []
+        rows: list[EventRow] = []
         try:
             cur = inline.execute(_PENDING, (after, limit))
             try:
                 while chunk := cur.fetchmany(_INLINE_CHUNK):
-                    events += map(_as_event, _EVENT_TYPE, chunk)
+                    rows += chunk
                     if len(chunk) < _INLINE_CHUNK:
                         break
                     await asyncio.sleep(0)  # let the loop send, receive, serve commands
@@ -262,7 +259,7 @@ class OutboxReader:
                     cur.close()  # ends the read transaction, even if cancelled halfway
         except sqlite3.Error as exc:
             raise _error(self.path, exc) from None
-        return events
+        return EventRows(rows)
 
     async def advance(self, cursor: int) -> None:
         """Record that everything up to ``cursor`` is shipped; never moves the cursor back.

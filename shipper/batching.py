@@ -20,7 +20,10 @@ thousand; at 100 ms away, the 8 MiB cap (~30k events) from the second batch on.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
+
+from outbox.records import rows_of
 
 from .sink import Batch
 
@@ -30,6 +33,7 @@ MAX_BATCH_BYTES = 8 << 20  # ~30k events of ~250 bytes: a 100k backlog 100 ms aw
 TRIP_SHARE = 0.05  # a batch's fixed cost (round trip, commit) at most about this share of its time
 _ROW_OVERHEAD = 64  # id, topic, timestamp and framing, per row, roughly
 _GUESS_PER_EVENT_S = 10e-6  # before any send was timed: a slow loopback COPY, so the first step is modest
+_PAYLOAD = operator.itemgetter(3)  # Event.payload
 
 
 def batch_bytes(batch: Batch) -> int:
@@ -37,7 +41,11 @@ def batch_bytes(batch: Batch) -> int:
     total = 0
     for table in batch.routed.tables:
         text = table.copy_text()
-        total += len(text) if text is not None else sum(len(e.payload) + _ROW_OVERHEAD for e in table.events)
+        if text is not None:
+            total += len(text)
+        else:  # in C, not a generator: a typed route's batch has no text, and this ran per event
+            rows = rows_of(table.events)
+            total += sum(map(len, map(_PAYLOAD, rows))) + _ROW_OVERHEAD * len(rows)
     return total
 
 

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from outbox import Event
+from outbox.records import EventRow
 
 from .rows import MAX_US, column_kind
 
@@ -69,7 +69,7 @@ def columnar_encoder(
     json_field: Callable[[Any], str],
     array_field: Callable[[Any], str],
     escape: Callable[[str], str],
-) -> Callable[[Sequence[Event]], str | None]:
+) -> Callable[[Sequence[EventRow]], str | None]:
     """The whole-batch encoder for columns given as :func:`shipper.copyrows.compile_encoder`
     takes them; the field functions are the per-event path's, for values off the fast types.
 
@@ -132,7 +132,7 @@ def columnar_encoder(
             return None  # text after the value
         return list(map(operator.itemgetter(0), pairs))
 
-    def encode(events: Sequence[Event]) -> str | None:
+    def encode(events: Sequence[EventRow]) -> str | None:
         try:
             texts = list(map(_TEXT, events))
             joined = ",".join(texts)
@@ -229,7 +229,7 @@ _TYPED: dict[str, Any] = {"int": int, "float": int | float, "number": int | floa
 msgspec is strict: a boolean is not an int, an integer is not read as a float."""
 
 
-def _timestamps(events: Sequence[Event]) -> Any:
+def _timestamps(events: Sequence[EventRow]) -> Any:
     """Each event's time as a timestamptz field, the date part formatted once per second."""
     micros = list(map(_CREATED, events))
     if set(map(type, micros)) != {int} or min(micros) < 1_000_000 or max(micros) >= MAX_US:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from outbox import Event
+from outbox.records import EventRow
 from outbox.payload import compact_json
 
 from .columnar import MIN_EVENTS, columnar_encoder
@@ -27,7 +27,7 @@ from .rows import MAX_US, _copy_escape, column_kind
 __all__ = ["Encoder", "compile_encoder"]
 
 # (lines, events encoded, events left to the general path)
-Encoder = Callable[[Sequence[Event]], tuple[list[str], list[Event], list[Event]]]
+Encoder = Callable[[Sequence[EventRow]], tuple[list[str], list[EventRow], list[EventRow]]]
 CHUNK = 512  # events per slice of a batch that the whole-batch encoder takes at once
 _MISSING = object()
 
@@ -166,7 +166,7 @@ def compile_encoder(
         columns, absent, nulls, field=_field, json_field=json_field, array_field=_array_field, escape=_copy_escape
     )
 
-    def encode(events: Sequence[Event]) -> tuple[list[str], list[Event], list[Event]]:
+    def encode(events: Sequence[EventRow]) -> tuple[list[str], list[EventRow], list[EventRow]]:
         """Each slice of the batch column by column if it is uniform (see :mod:`shipper.columnar`),
         else event by event. Slices of :data:`CHUNK` events keep a step's data in the CPU's cache
         (measured: 15% less time per event than whole batches of 5,000), and confine an odd
@@ -174,8 +174,8 @@ def compile_encoder(
         if len(events) < MIN_EVENTS:
             return per_event(events)
         lines: list[str] = []
-        done: list[Event] = []
-        left: list[Event] = []
+        done: list[EventRow] = []
+        left: list[EventRow] = []
         for start in range(0, len(events), CHUNK):
             part = events[start:start + CHUNK]
             text = whole(part) if len(part) >= MIN_EVENTS else None

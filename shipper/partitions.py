@@ -26,6 +26,8 @@ from typing import Any
 
 import asyncpg
 
+from outbox.records import rows_of
+
 from .catalog import literal, read_json, text_array
 from .errors import SchemaError
 from .migrate import COMMAND_TABLE, EVENT_TABLE
@@ -172,7 +174,7 @@ class Partitions:
             period = self.periods.get(table.name)
             if period is None or not table.events:
                 continue
-            times = [e.created_at for e in table.events]
+            times = [e[4] for e in rows_of(table.events)]
             lo, hi = min(times), max(times)
             if any(a <= lo and hi < b for _, a, b in self.bounds[table.name]):
                 continue  # the usual case: one partition holds the whole batch

@@ -365,7 +365,7 @@ class PostgresSink:
         return refused, added[0]
 
     async def _upsert(
-        self, table: Table, rows: list[tuple[Any, ...]], events: list[Event], added: list[int]
+        self, table: Table, rows: list[tuple[Any, ...]], events: Sequence[Event], added: list[int]
     ) -> list[tuple[Event, str]]:
         """Insert rows from one array per column inside a savepoint; bisect on a refused row."""
         conn = self.conn

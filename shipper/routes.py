@@ -29,7 +29,8 @@ from typing import Any
 
 import asyncpg
 
-from outbox import Event
+from outbox import Event, EventRows
+from outbox.records import EventRow, rows_of
 from outbox.payload import compact_json, payload_problem
 
 from .catalog import read_json, text_array
@@ -115,10 +116,10 @@ class TableSpec:
         keyed = frozenset(c.name for c in columns if _fill(c) == _KEY)
         return TableSpec(name, tuple(columns), tuple(conflict), keyed)
 
-    def shape(self, event: Event) -> tuple[str, ...] | None:
+    def shape(self, event: EventRow) -> tuple[str, ...] | None:
         """The payload-keyed columns this event has no key for (None: its payload is unreadable)."""
         try:
-            data = decode_payload(event.payload)
+            data = decode_payload(event[3])
         except (ValueError, RecursionError):
             return None
         if type(data) is not dict:
@@ -222,28 +223,31 @@ class Router:
 
     def route(self, events: Sequence[Event]) -> Routed:
         """Split ``events`` into per-table rows; refuse those whose payload cannot be read."""
-        plain = Table(EVENT_TABLE, EVENT_COLUMNS, conflict=self.conflicts.get(EVENT_TABLE, ("id",)))
-        groups: dict[str, list[Event]] = {}
+        # The events' plain rows throughout (see outbox.EventRows), as events only where one is refused
+        rows = rows_of(events)
+        unrouted: list[EventRow] = []
+        groups: dict[str, list[EventRow]] = {}
         routes = self.routes
-        topics = set(map(_TOPIC, events))
+        topics = set(map(_TOPIC, rows))
         if len(topics) == 1:  # a backlog of one kind, the common case: no loop over the events
             name = routes.get(topics.pop())
             if name is None:
-                plain.events = list(events)
+                unrouted = list(rows)
             else:
-                groups[name] = list(events)
+                groups[name] = list(rows)
         else:
-            for event in events:
-                name = routes.get(event.topic)
+            for row in rows:
+                name = routes.get(row[2])
                 if name is None:
-                    plain.events.append(event)
+                    unrouted.append(row)
                 else:
-                    groups.setdefault(name, []).append(event)
-        routed = Routed([plain] if plain.events else [], [])
+                    groups.setdefault(name, []).append(row)
+        conflict = self.conflicts.get(EVENT_TABLE, ("id",))
+        routed = Routed([Table(EVENT_TABLE, EVENT_COLUMNS, EventRows(unrouted), conflict=conflict)] if unrouted else [], [])
         for name, group in groups.items():
             spec = self.specs.get(name)
             if spec is None:  # no catalog read (an in-memory sink): the events, by table
-                routed.tables.append(Table(name, (), events=group, _rows=[]))
+                routed.tables.append(Table(name, (), events=EventRows(group), _rows=[]))
                 continue
             missing = spec.shape(group[0])  # the events of one route usually all have the same keys
             if missing is not None:
@@ -257,16 +261,16 @@ class Router:
                 if typed is not None:  # the slices that can go as a binary COPY of typed rows
                     records, done, group = typed(group)
                     if done:
-                        routed.tables.append(encoded(events=done, records=records))
+                        routed.tables.append(encoded(events=EventRows(done), records=records))
                 lines, done, group = spec.encoder(missing)(group)
                 try:
                     text = "".join(lines).encode("utf-8")
                 except UnicodeEncodeError:  # a lone surrogate (a payload's "\ud800"): the general path names it
                     done, group = [], [*done, *group]
                 if done:
-                    routed.tables.append(encoded(events=done, _text=text))
+                    routed.tables.append(encoded(events=EventRows(done), _text=text))
             if group:  # what the compiled encoder left: defaults, refusals
-                text_tables(spec, group, routed)
+                text_tables(spec, EventRows(group), routed)
         return routed
 
 
@@ -468,10 +472,10 @@ def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
         if table is None:
             columns = tuple(n for n in names if n not in omitted)
             table = groups[omitted] = Table(
-                spec.name, columns, _rows=[], conflict=spec.conflict, types=tuple(types[n] for n in columns), spec=spec
+                spec.name, columns, [], _rows=[], conflict=spec.conflict, types=tuple(types[n] for n in columns), spec=spec
             )
         table.rows.append(tuple(row))
-        table.events.append(event)
+        table.events.append(event)  # type: ignore[attr-defined]  # the list made just above
     into.tables.extend(groups.values())
 
 

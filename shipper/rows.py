@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from outbox import Event
+from outbox.records import EventRow, rows_of
 
 from .migrate import EVENT_TABLE
 
@@ -58,13 +59,13 @@ class Table:
 
     name: str
     columns: tuple[str, ...]
-    events: list[Event] = field(default_factory=list)
+    events: Sequence[Event] = ()  # an outbox.EventRows where the shipper routed a batch read
     _rows: list[tuple[Any, ...]] | None = field(default=None, repr=False)  # None: made from events
     _text: bytes | None = field(default=None, repr=False)
     conflict: tuple[str, ...] = ("id",)  # the key ON CONFLICT names (with created_at when partitioned)
     types: tuple[str, ...] = ()  # a route's column types, for the careful path's casts
     spec: TableSpec | None = field(default=None, repr=False)
-    make_rows: Callable[[list[Event]], list[tuple[Any, ...]]] | None = field(default=None, repr=False)
+    make_rows: Callable[[Sequence[Event]], list[tuple[Any, ...]]] | None = field(default=None, repr=False)
     records: list[tuple[Any, ...]] | None = field(default=None, repr=False)  # typed values: a binary COPY
 
     @property
@@ -73,7 +74,7 @@ class Table:
         if self._rows is None and self.make_rows is not None:
             self._rows = self.make_rows(self.events)
         if self._rows is None:
-            self._rows = [event[1:] for event in self.events]  # EVENT_COLUMNS: all but seq
+            self._rows = [event[1:] for event in rows_of(self.events)]  # EVENT_COLUMNS: all but seq
         return self._rows
 
     def copy_text(self) -> bytes | None:
@@ -88,7 +89,7 @@ class Table:
             if self.spec is not None:
                 self._text = rows_copy_text(self.rows)
             elif self.name == EVENT_TABLE:
-                self._text = events_copy_text(self.events)
+                self._text = events_copy_text(rows_of(self.events))
         return self._text
 
 
@@ -128,7 +129,7 @@ def _copy_escape(text: str) -> str:
     return text
 
 
-def events_copy_text(events: Sequence[Event]) -> bytes | None:
+def events_copy_text(events: Sequence[EventRow]) -> bytes | None:
     """Events as ``outbox_events`` rows in COPY text, UTF-8; None if one cannot be.
 
     ``created_at`` (Unix microseconds) is written as a UTC timestamp; the date part is formatted

@@ -49,7 +49,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from outbox import Event
+from outbox.records import EventRow
 
 from .columnar import _CREATED, _ID, _TEXT, MIN_EVENTS, _optional_msgspec, _row_decoders
 from .copyrows import CHUNK  # slices as the text encoders slice a batch
@@ -58,7 +58,7 @@ from .rows import MAX_US, column_kind
 __all__ = ["TypedEncoder", "typed_encoder"]
 
 # (typed rows, the events they are, the events left to the text encoders)
-TypedEncoder = Callable[[Sequence[Event]], tuple[list[tuple[Any, ...]], list[Event], list[Event]]]
+TypedEncoder = Callable[[Sequence[EventRow]], tuple[list[tuple[Any, ...]], list[EventRow], list[EventRow]]]
 
 _HEX = "[0-9a-fA-F]"
 _UUID_LINES = re.compile(f"(?:{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}\n)*")
@@ -147,7 +147,7 @@ def typed_encoder(
     unwanted_getters = [operator.attrgetter(f"k{i}") for i in range(len(wanted), len(wanted) + len(absent) + len(nulls))]
     only_unset = {msgspec.UNSET}
 
-    def rows(events: Sequence[Event]) -> list[tuple[Any, ...]] | None:
+    def rows(events: Sequence[EventRow]) -> list[tuple[Any, ...]] | None:
         try:
             texts = list(map(_TEXT, events))
             if "\\" in "".join(texts):
@@ -181,11 +181,11 @@ def typed_encoder(
         except Exception:  # anything odd: the text encoders decide, event by event if need be
             return None
 
-    def encode(events: Sequence[Event]) -> tuple[list[tuple[Any, ...]], list[Event], list[Event]]:
+    def encode(events: Sequence[EventRow]) -> tuple[list[tuple[Any, ...]], list[EventRow], list[EventRow]]:
         """Each slice of :data:`CHUNK` events as typed rows if it can be, else left over."""
         typed: list[tuple[Any, ...]] = []
-        done: list[Event] = []
-        left: list[Event] = []
+        done: list[EventRow] = []
+        left: list[EventRow] = []
         for start in range(0, len(events), CHUNK):
             part = events[start:start + CHUNK]
             got = rows(part) if len(part) >= MIN_EVENTS else None
