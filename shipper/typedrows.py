@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,9 +59,23 @@ __all__ = ["TypedEncoder", "typed_encoder"]
 # (typed rows, the events they are, the events left to the text encoders)
 TypedEncoder = Callable[[Sequence[EventRow]], tuple[list[tuple[Any, ...]], list[EventRow], list[EventRow]]]
 
-_HEX = "[0-9a-fA-F]"
-_UUID_LINES = re.compile(f"(?:{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}\n)*")
-"""Canonical UUIDs, one per line: asyncpg's parser takes hyphens anywhere, Postgres's does not."""
+_UUID_CHARS = b"0123456789abcdefABCDEF-\n"
+_HYPHENS = (8, 13, 18, 23)  # in a canonical UUID: 8-4-4-4-12 hex digits
+
+
+def _canonical_uuids(ids: list[str]) -> bool:
+    """True if every id is a UUID in its canonical spelling (8-4-4-4-12 hex digits, either case):
+    asyncpg's parser takes hyphens anywhere, Postgres's does not. As whole-string operations on
+    the slice's ids joined, 37 characters apart, in C: a regular expression took ~0.36 us an id,
+    ~7% of a typed drain."""
+    joined = "\n".join(ids)
+    n = len(ids)
+    return (
+        len(joined) == 37 * n - 1
+        and joined.count("\n") == n - 1 and joined[36::37] == "\n" * (n - 1)  # each id 36 characters
+        and joined.count("-") == 4 * n and all(joined[at::37] == "-" * n for at in _HYPHENS)
+        and joined.isascii() and not joined.encode("ascii").translate(None, _UUID_CHARS)
+    )
 _INT_RANGES = {"bigint": 63, "integer": 31, "smallint": 15}
 _FLOAT_EXACT = 2**53
 _TEXT_TYPES = frozenset({"text", "character varying", "character"})
@@ -144,23 +157,19 @@ def typed_encoder(
         return None
     decode = readers[0]  # typed: an int column's key must hold a JSON integer, a text one a string
     key_getters = [operator.attrgetter(f"k{i}") for i in range(len(wanted))]
-    unwanted_getters = [operator.attrgetter(f"k{i}") for i in range(len(wanted), len(wanted) + len(absent) + len(nulls))]
-    only_unset = {msgspec.UNSET}
 
     def rows(events: Sequence[EventRow]) -> list[tuple[Any, ...]] | None:
         try:
             texts = list(map(_TEXT, events))
             if "\\" in "".join(texts):
                 return None
-            decoded = list(map(decode, texts))  # ValidationError: a value off its column's type
-            for get in unwanted_getters:
-                if set(map(get, decoded)) != only_unset:
-                    return None
+            # ValidationError: a value off its column's type, or a key whose presence changes the shape
+            decoded = list(map(decode, texts))
             out: list[Any] = []
             for fill, check, index in plan:
                 if fill == 0:
                     ids = list(map(_ID, events))
-                    if _UUID_LINES.fullmatch("\n".join(ids) + "\n") is None:
+                    if not _canonical_uuids(ids):
                         return None
                     out.append(ids)
                 elif fill == 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ import shipper.routes as routes
 from outbox import Event, Outbox
 from shipper import Batch, PostgresSink, Shipper
 from shipper.routes import Column, TableSpec
+from shipper.typedrows import _canonical_uuids
 
 TABLE = """
 CREATE TABLE typed (
@@ -230,3 +232,47 @@ async def test_typed_rows_ship_exactly_once_direct_and_through_pgbouncer(
     finally:
         await conn.close()
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [(ids[i], i, f"n{i}", i / 3, f'{{"k": [{i}]}}') for i in range(600)]
+
+
+def test_a_key_whose_presence_changes_the_shape_keeps_the_slice_on_text() -> None:
+    """Events built for the layout where ``m`` is missing (written NULL) and ``d`` too (left to its
+    default): one event holding either key is not of that layout, so the slice is not typed."""
+    columns = [Column("id", "uuid", True), Column("n", "bigint"), Column("m", "bigint"), Column("d", "text", has_default=True),
+               Column("created_at", "timestamp with time zone", True)]
+    spec = TableSpec.build("t", columns, ("id",))
+    encode = spec.typed_encoder(("m", "d"))
+    assert encode is not None
+    good = [Event(i + 1, f"01a00000-0000-7000-8000-{i:012d}", "t", f'{{"n":{i}}}', 10**15) for i in range(30)]
+    assert len(encode(good)[1]) == 30
+    for payload in ('{"n":5,"m":7}', '{"n":5,"m":null}', '{"n":5,"d":"x"}', '{"n":5,"d":{}}'):
+        rows, done, left = encode([*good[:5], good[5]._replace(payload=payload), *good[6:]])
+        assert (rows, done, len(left)) == ([], [], 30), payload
+
+
+_CANONICAL = re.compile("(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\n)*")
+
+
+@st.composite
+def spelled_ids(draw: st.DrawFn) -> list[str]:
+    """A few UUIDs, some respelled: a character changed, added or dropped (hex, hyphen, newline, other)."""
+    ids = [str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1)))) for _ in range(draw(st.integers(1, 4)))]
+    for i in range(len(ids)):
+        if draw(st.booleans()):
+            chars = list(ids[i].upper() if draw(st.booleans()) else ids[i])
+            for _ in range(draw(st.integers(1, 3))):
+                at, char = draw(st.integers(0, len(chars))), draw(st.sampled_from(list("0aF-\n{} gé")))
+                how = draw(st.sampled_from(["change", "add", "drop"]))
+                if how == "add" or not chars:
+                    chars.insert(at, char)
+                elif how == "change":
+                    chars[min(at, len(chars) - 1)] = char
+                else:
+                    del chars[min(at, len(chars) - 1)]
+            ids[i] = "".join(chars)
+    return ids
+
+
+@settings(max_examples=3000, deadline=None)
+@given(ids=spelled_ids())
+def test_the_canonical_id_check_agrees_with_the_canonical_pattern(ids: list[str]) -> None:
+    assert _canonical_uuids(ids) == (_CANONICAL.fullmatch("\n".join(ids) + "\n") is not None)
