@@ -22,6 +22,8 @@ from typing import Any
 
 import asyncpg
 
+from .connection import PG_EPOCH_US
+
 __all__ = ["copy_with_statements", "supports_one_trip"]
 
 
@@ -46,6 +48,7 @@ async def copy_with_statements(
     after: str = "",
     schema: str | None = None,
     intros: dict[str, Any] | None = None,
+    pg_times: Sequence[str] = (),
 ) -> str:
     """Run ``before; COPY table(columns) FROM STDIN; after`` in one round trip.
 
@@ -56,6 +59,11 @@ async def copy_with_statements(
     aborted for the caller to roll back. Returns the status of the last statement. Falls back to
     three round trips when :func:`supports_one_trip` is False. ``intros`` caches, per table, the
     column types a binary COPY needs (asking costs a round trip; they hold for the connection).
+
+    ``pg_times``: ``timestamptz`` columns whose ``records`` hold Postgres's own binary value, the
+    microseconds since 2000-01-01, which go as an ``int8``: the same eight bytes the timestamptz
+    codec would send (:func:`shipper.connection.connect`), without its Python call per value
+    (~0.15 us). Only on the one-trip path.
     """
     cols = ", ".join(_quote(c) for c in columns)
     target = f"{_quote(schema)}.{_quote(table)}" if schema else _quote(table)
@@ -67,6 +75,9 @@ async def copy_with_statements(
                 table, source=io.BytesIO(text), columns=list(columns), format="text", schema_name=schema
             )
         else:
+            if pg_times:  # through the connection's timestamptz codec, which takes Unix microseconds
+                at = {i for i, c in enumerate(columns) if c in pg_times}
+                records = [tuple(v + PG_EPOCH_US if i in at else v for i, v in enumerate(r)) for r in records]
             status = await conn.copy_records_to_table(table, records=records, columns=list(columns), schema_name=schema)
         if after:
             status = await conn.execute(after)
@@ -78,10 +89,11 @@ async def copy_with_statements(
         # The statement asyncpg itself prepares to learn the columns' types (and so their
         # encoders). With the statement cache off (poolers) it is unnamed: only its types are
         # kept, never the server-side statement, so reusing them is pooler-safe.
-        key = f"{target} ({cols})"
+        shown = ", ".join(f"0::int8 AS {_quote(c)}" if c in pg_times else _quote(c) for c in columns)
+        key = f"{target} ({shown})"
         types = None if intros is None else intros.get(key)
         if types is None:
-            types = (await conn._prepare(f"SELECT {cols} FROM {target} LIMIT 1", use_cache=True))._state
+            types = (await conn._prepare(f"SELECT {shown} FROM {target} LIMIT 1", use_cache=True))._state
             if intros is not None:
                 intros[key] = types
         copy += " (FORMAT binary)"

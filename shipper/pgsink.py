@@ -42,6 +42,7 @@ from .refusals import column_at_fault, insert_text, refusal_kind
 from .routes import Router
 from .rows import Table
 from .sink import Batch, SendResult, SetAside
+from .typedrows import PG_TIME
 
 __all__ = ["PostgresSink"]
 
@@ -328,6 +329,7 @@ class PostgresSink:
             return
         for i, table in enumerate(tables):
             text = table.copy_text()
+            typed = text is None and table.records is not None
             await copy_with_statements(
                 self.conn,
                 table.name,
@@ -335,6 +337,7 @@ class PostgresSink:
                 () if text is not None else table.records if table.records is not None else table.rows,
                 schema=self.schema,
                 intros=self._intros,
+                pg_times=(PG_TIME,) if typed else (),
                 text=text,
                 before=ledger if i == 0 else "",
                 after="COMMIT" if i == len(tables) - 1 else "",

@@ -66,7 +66,7 @@ class Table:
     types: tuple[str, ...] = ()  # a route's column types, for the careful path's casts
     spec: TableSpec | None = field(default=None, repr=False)
     make_rows: Callable[[Sequence[Event]], list[tuple[Any, ...]]] | None = field(default=None, repr=False)
-    records: list[tuple[Any, ...]] | None = field(default=None, repr=False)  # typed values: a binary COPY
+    records: list[tuple[Any, ...]] | None = field(default=None, repr=False)  # typed values, a binary COPY (typedrows.PG_TIME)
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:

@@ -141,6 +141,21 @@ async def test_a_uniform_batch_goes_as_typed_rows_and_lands_exactly(pg_dsn: str)
     assert [json.loads(r)["f8"] for r in rows] == [0.1 * i for i in range(40)]
 
 
+async def test_typed_rows_land_the_same_where_asyncpg_lacks_the_one_trip_copy(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The typed rows carry the time as Postgres's own microseconds, sent as an int8 on the one-trip
+    path; statement by statement it goes back through the connection's timestamptz codec."""
+    payloads = [{"i8": i, "s": f"s{i}", "f8": i / 3} for i in range(40)]
+    times = [0, 999_999, 253_402_300_799_999_999, *(1_796_287_423_264_185 + 7 * i for i in range(37))]
+    events = _events(payloads, times)
+    one_trip = await _ship(pg_dsn, events, typed=True)
+    monkeypatch.setattr("shipper.pgcopy.supports_one_trip", lambda conn: False)
+    by_statement = await _ship(pg_dsn, events, typed=True)
+    text = await _ship(pg_dsn, events, typed=False)
+    assert one_trip[2] == by_statement[2] == [True] and not text[2][0]
+    assert one_trip[:2] == by_statement[:2] == text[:2]
+    assert json.loads(one_trip[0][0])["created_at"] == "1970-01-01T00:00:00+00:00"
+
+
 async def test_a_slice_with_a_backslash_goes_as_text_and_the_rest_as_typed_rows(pg_dsn: str) -> None:
     payloads = [{"s": "plain", "i8": i} for i in range(1024)]
     payloads[700]["s"] = 'say "hi"'  # JSON writes the quotes with backslashes: that slice goes as text
