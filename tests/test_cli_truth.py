@@ -389,6 +389,19 @@ def _uuid7() -> str:
 # -- interrupts ----------------------------------------------------------------------------------
 
 
+def test_the_scripts_take_sigint_over_before_any_import_of_weight(subprocess_env: dict[str, str]) -> None:
+    """Until the console scripts' guard is in place a SIGINT is Python's traceback; the imports
+    before it (the package and shipper.console) must add nothing heavy (typing alone took ~4 ms:
+    on a slow host the 50 ms SIGINT below then landed before the guard)."""
+    probe = (
+        "import sys; before = set(sys.modules); import shipper.console;"
+        " print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env, timeout=60)
+    added = set(done.stdout.split())
+    assert added <= {"shipper", "shipper.console", "signal", "_signal"}, sorted(added)
+
+
 @pytest.mark.parametrize("delay", [0.05, 0.1, 0.3, 1.5])
 def test_sigint_is_one_line_at_any_moment(tmp_path: Path, subprocess_env: dict[str, str], delay: float) -> None:
     proc = _popen("outbox", "import", str(tmp_path / "box.db"), "-", env=subprocess_env)  # waits on stdin
