@@ -402,10 +402,28 @@ def test_the_scripts_take_sigint_over_before_any_import_of_weight(subprocess_env
     assert added <= {"shipper", "shipper.console", "signal", "_signal"}, sorted(added)
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.1, 0.3, 1.5])
-def test_sigint_is_one_line_at_any_moment(tmp_path: Path, subprocess_env: dict[str, str], delay: float) -> None:
+@pytest.fixture
+def interpreter_start_s(subprocess_env: dict[str, str]) -> float:
+    """The slowest of three starts of this interpreter with its site (the editable install's
+    finder included) to its first line: what passes before any code of ours can run."""
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], env=subprocess_env, check=True, timeout=60)
+        times.append(time.perf_counter() - t0)
+    return max(times)
+
+
+@pytest.mark.parametrize("after", [0.01, 0.05, 0.25, 1.4])
+def test_sigint_is_one_line_at_any_moment(
+    tmp_path: Path, subprocess_env: dict[str, str], interpreter_start_s: float, after: float
+) -> None:
+    """From the moment the script's own code runs: the first delay lands in the imports the guard
+    covers (asyncio, asyncpg, click). It counts from the interpreter's start-up as measured here,
+    not from a fixed 50 ms, which a slow host (this one, some days) spends in start-up, before
+    any module of ours is read (that window is Python's own: see shipper.console)."""
     proc = _popen("outbox", "import", str(tmp_path / "box.db"), "-", env=subprocess_env)  # waits on stdin
-    time.sleep(delay)
+    time.sleep(interpreter_start_s + after)
     proc.send_signal(signal.SIGINT)
     out, err = _finish(proc)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
