@@ -20,11 +20,11 @@ thousand; at 100 ms away, the 8 MiB cap (~30k events) from the second batch on.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 
 from outbox.records import rows_of
 
+from .columnar import _TEXT  # Event.payload
 from .sink import Batch
 
 __all__ = ["BatchSizer", "next_limit", "batch_bytes", "MAX_BATCH_BYTES", "TRIP_SHARE"]
@@ -33,7 +33,6 @@ MAX_BATCH_BYTES = 8 << 20  # ~30k events of ~250 bytes: a 100k backlog 100 ms aw
 TRIP_SHARE = 0.05  # a batch's fixed cost (round trip, commit) at most about this share of its time
 _ROW_OVERHEAD = 64  # id, topic, timestamp and framing, per row, roughly
 _GUESS_PER_EVENT_S = 10e-6  # before any send was timed: a slow loopback COPY, so the first step is modest
-_PAYLOAD = operator.itemgetter(3)  # Event.payload
 
 
 def batch_bytes(batch: Batch) -> int:
@@ -45,7 +44,7 @@ def batch_bytes(batch: Batch) -> int:
             total += len(text)
         else:  # in C, not a generator: a typed route's batch has no text, and this ran per event
             rows = rows_of(table.events)
-            total += sum(map(len, map(_PAYLOAD, rows))) + _ROW_OVERHEAD * len(rows)
+            total += sum(map(len, map(_TEXT, rows))) + _ROW_OVERHEAD * len(rows)
     return total
 
 

@@ -329,15 +329,22 @@ class PostgresSink:
             return
         for i, table in enumerate(tables):
             text = table.copy_text()
-            typed = text is None and table.records is not None
+            rows: Sequence[Sequence[Any]]
+            pg_times: tuple[str, ...]
+            if text is not None:  # COPY text, built beforehand
+                rows, pg_times = (), ()
+            elif table.records is not None:  # typed values, their time Postgres's own (typedrows)
+                rows, pg_times = table.records, (PG_TIME,)
+            else:
+                rows, pg_times = table.rows, ()
             await copy_with_statements(
                 self.conn,
                 table.name,
                 table.columns,
-                () if text is not None else table.records if table.records is not None else table.rows,
+                rows,
                 schema=self.schema,
                 intros=self._intros,
-                pg_times=(PG_TIME,) if typed else (),
+                pg_times=pg_times,
                 text=text,
                 before=ledger if i == 0 else "",
                 after="COMMIT" if i == len(tables) - 1 else "",

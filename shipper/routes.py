@@ -430,7 +430,7 @@ def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
     plan = [(_fill(c), c.name, c.is_array, c.has_default) for c in spec.columns]
     names = [c.name for c in spec.columns]
     types = {c.name: c.type for c in spec.columns}
-    groups: dict[tuple[str, ...], Table] = {}
+    groups: dict[tuple[str, ...], tuple[Table, list[Event]]] = {}  # each table, and the list of its events
     last_second, prefix = -1, ""
     for event in events:
         try:
@@ -468,15 +468,15 @@ def text_tables(spec: TableSpec, events: Sequence[Event], into: Routed) -> None:
         except Exception as exc:  # whatever one payload makes fail (RecursionError too) is a dead letter, never a retry
             into.refused.append((event, f"{spec.name} event refused: {exc}"))
             continue
-        table = groups.get(omitted)
-        if table is None:
+        if omitted not in groups:
             columns = tuple(n for n in names if n not in omitted)
-            table = groups[omitted] = Table(
-                spec.name, columns, [], _rows=[], conflict=spec.conflict, types=tuple(types[n] for n in columns), spec=spec
-            )
+            held: list[Event] = []
+            table = Table(spec.name, columns, held, _rows=[], conflict=spec.conflict, types=tuple(types[n] for n in columns), spec=spec)
+            groups[omitted] = (table, held)
+        table, held = groups[omitted]
         table.rows.append(tuple(row))
-        table.events.append(event)  # type: ignore[attr-defined]  # the list made just above
-    into.tables.extend(groups.values())
+        held.append(event)
+    into.tables.extend(table for table, _ in groups.values())
 
 
 def _rows_of(spec: TableSpec, events: Sequence[Event]) -> list[tuple[Any, ...]]:

@@ -82,6 +82,8 @@ def _canonical_uuids(ids: list[str]) -> bool:
         and joined.count("-") == 4 * n and all(joined[at::37] == "-" * n for at in _HYPHENS)
         and joined.isascii() and not joined.encode("ascii").translate(None, _UUID_CHARS)
     )
+
+
 _INT_RANGES = {"bigint": 63, "integer": 31, "smallint": 15}
 _FLOAT_EXACT = 2**53
 _TEXT_TYPES = frozenset({"text", "character varying", "character"})
