@@ -4,9 +4,9 @@ CPU: one child process (:mod:`bench.procs.interleaved`) per rate holds two outbo
 ``Shipper(path, dsn, outbox=ob)`` and one without, and appends command events to them in
 alternating phases at the rate, each shipped phase ending once all of it is shipped. The
 difference of the two phases' CPU per append (every thread's, so the shipper's reads count), pair
-by pair, plus what the shipper costs while idle (it looks for other writers' events every
-``flush_interval``; measured in the same child, spread over the rate's commands), is what
-shipping in the bot's process costs each command. It used to be the difference of two separate
+by pair, plus what the shipper costs while idle (it looks for other writers' events when the file
+changes, and about once a second, see shipper.filewatch; measured in the same child, spread
+over the rate's commands), is what shipping in the bot's process costs each command. It used to be the difference of two separate
 processes, whose own CPU per append differs by tens of microseconds on a shared 2-core host: the
 figure at 1,000/s flipped either side of the goal between runs of the same code (pairs from -38
 to +73 us).
@@ -141,7 +141,7 @@ def _section(
             f"{pairs} pairs of phases ({', '.join(f'{PHASE_S[r]:g} s at {r:,}/s' for r in RATES)} in a full run), "
             "the order swapping every pair; a shipped phase ends once all of it is shipped. The shipper's "
             "cost per command is the difference of the two phases' CPU per append (all threads), pair by "
-            "pair, plus its CPU while idle (it looks for other writers' events every `flush_interval`; "
+            "pair, plus its CPU while idle (it looks for other writers' events when the file changes and about once a second; "
             "measured in the same process with the shipper idle and then stopped) spread over the rate's "
             "commands. One process for both sides, because two processes' own CPU per append differs by "
             "tens of microseconds on this host. Lag: a process with an in-process shipper appends at the "

@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from shipper.progress import NOTE_EVERY_S
+
 from .backlog import PLAIN_TOPIC, RAW_TABLES, ROUTE_TOPIC, fill, prepare_database, reset_database, rewind
 from .children import Child, cpu_delta, tree_cpu
 from .core import Chart, Check, Context, Section
@@ -227,7 +229,7 @@ def _diagnosis(trials: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
         f"The shipper with its read-ahead on ran at {r('ship', 'ship_serial')} of the same shipper with "
         f"it off (each batch read, routed and sent one after the other: {ms('ship_serial', 'ship_once')} "
         f"per 1,000 events in `_ship_once`). Progress notes in the side file ran in the background, "
-        f"{notes[0]} for {notes[1]} batches over the repeats (at most one per 0.1 s while busy; "
+        f"{notes[0]} for {notes[1]} batches over the repeats (at most one per {NOTE_EVERY_S:g} s while busy; "
         "Postgres's ledger is what a restarted shipper resumes from).",
     ]
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shipper.progress import NOTE_EVERY_S
+
 from .core import Table
 from .timing import fmt_range, fmt_ratio, median
 
@@ -151,7 +153,7 @@ def breakdown_table(scenarios: Sequence[Scenario], trials: Trials) -> Table:
              "shipper, `BEGIN; INSERT INTO outbox_ledger ..; COPY .. FROM STDIN; COMMIT` sent as one "
              "query (`shipper.pgcopy`); *rest*, everything else in the loop. The last three columns "
              "are not part of the total: how many progress notes (`advance`, a write to the side "
-             "file, started in the background at most every 0.1 s while busy) were written per 100 "
+             f"file, started in the background at most every {NOTE_EVERY_S:g} s while busy) were written per 100 "
              "batches; *a read, as run*, the time reading took (`read_pending`, run on the "
              "loop's thread in steps of 256 rows) per 1,000 events in that trial -- with the read-ahead "
              "on, it runs while the previous batch is in flight -- and *a read, alone*, 1,000 events "

@@ -26,7 +26,7 @@ from typing import Any
 from outbox import Outbox, OutboxClosedError, OutboxCorruptError, OutboxError, OutboxReader
 from outbox.append import find_open
 
-from . import forks
+from . import filewatch, forks
 from .backlog import BacklogGauges, nothing_pending
 from .backoff import describe
 from .batching import MAX_BATCH_BYTES, BatchSizer
@@ -41,7 +41,7 @@ from .readahead import ReadAhead
 from .room import open_when_room
 from .sink import Sink
 from .stats import ShipperStats
-from .wakeup import LINGER_S, Wakeup
+from .wakeup import LINGER_S, WATCHED_S, Wakeup
 
 __all__ = ["Shipper", "ShipperStats"]
 
@@ -60,7 +60,9 @@ class Shipper:
     batch_size:
         Most events per batch (one transaction each).
     flush_interval:
-        Seconds between looks for new events when nothing wakes the loop.
+        Seconds between looks for new events when nothing wakes the loop. In the bot's process,
+        once the file has been still for a few looks, a write to it by any process wakes the
+        loop instead, and it looks at least once a second (see :mod:`shipper.filewatch`).
     retention_s:
         How long shipped events stay in the outbox for replay before pruning.
     outbox:
@@ -135,7 +137,10 @@ class Shipper:
         self._housekeeping = Housekeeping(self.reader, sink, interval=housekeeping_interval)
         self.stats = ShipperStats()
         self._task: asyncio.Task[None] | None = None
-        self._wakeup = Wakeup(linger=min(LINGER_S, flush_interval), full=batch_size)
+        # a sleep on the file's watch ends in time to renew the lease (see shipper.wakeup)
+        self._wakeup = Wakeup(
+            linger=min(LINGER_S, flush_interval), full=batch_size, watched=min(WATCHED_S, lease_ttl / 3)
+        )
         self._progress = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -162,6 +167,8 @@ class Shipper:
             self._outbox = find_open(self.path)
         if self._outbox is not None:
             self._outbox.add_listener(self._wakeup.notify)
+            # other processes' writes: told by the file, not looked for 20 times a second (filewatch.py)
+            self._wakeup.watch = filewatch.watch(Path(f"{self.reader.path}-wal"))
         if self._metrics is not None:
             self._metrics.start()
         if self._gauges is not None:
@@ -214,6 +221,9 @@ class Shipper:
         await self._notes.settle()
         if self._outbox is not None:
             self._outbox.remove_listener(self._wakeup.notify)
+        watch, self._wakeup.watch = self._wakeup.watch, None
+        if watch is not None:
+            watch.close()
         if self._lease.held:
             await self._lease.release(self.reader.outbox_id)
         await self.sink.close()

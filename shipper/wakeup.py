@@ -13,6 +13,11 @@ quiet spell is looked for at once, and a drain or a stop never lingers.
 The rate is learnt from the looks themselves (appends counted between two looks over the time
 between them), so the append path pays one increment and, for the first append after a look,
 one clock reading and an ``Event.set``.
+
+Writes by other processes are not appends of this one. Given a :class:`shipper.filewatch.FileWatch`
+on the file, a loop that has seen the file still for ``QUIET_LOOKS`` looks sleeps until the
+file changes (at most ``watched`` seconds) instead of looking every ``flush_interval``: an idle
+bot then wakes about once a second, not twenty times (see :mod:`shipper.filewatch`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-__all__ = ["LINGER_S", "Wakeup"]
+from .filewatch import FileWatch
+
+__all__ = ["LINGER_S", "QUIET_LOOKS", "WATCHED_S", "Wakeup"]
 
 LINGER_S = 0.03
 """The most an append waits for company: the lag target (p99 <= 50 ms at 1,000/s) less what a
@@ -30,6 +37,14 @@ bookkeeping; measured with ``python -m bench inprocess`` at 1,000 and 5,000/s: +
 at ~22 events a batch, +14 us at ~108), so the linger is what the cost per command is divided
 by: 10 ms gave +60 us a command on a fast host, 20 ms +43 us there and +55-77 us on a slower
 one, for a lag p99 of the linger plus ~3 ms."""
+
+QUIET_LOOKS = 3
+"""Looks that must find the file unchanged before the loop sleeps on the watch: a commit is
+visible a moment after its frames are written, so the looks after a change go on polling."""
+
+WATCHED_S = 1.0
+"""The longest a loop sleeps on a watch of the file: a look now and then all the same, in case
+a change went unreported (an inotify queue that overflowed, a file system that does not tell)."""
 
 _COMPANY = 1.0  # linger only if another append is expected within the linger
 _SMOOTHING = 0.5  # weight of the newest look in the rate estimate
@@ -44,11 +59,23 @@ class Wakeup:
         Seconds an append may wait for others to join its batch while appends keep coming.
     full:
         Appends after which a look stops lingering (a whole batch is there).
+    watch:
+        A watch of the file for other processes' writes (None: poll).
+    watched:
+        The longest sleep on the watch, seconds.
     """
 
-    def __init__(self, *, linger: float = LINGER_S, full: int = 1000) -> None:
+    def __init__(
+        self, *, linger: float = LINGER_S, full: int = 1000, watch: FileWatch | None = None, watched: float = WATCHED_S
+    ) -> None:
         self.linger = linger
         self.full = max(1, full)
+        self.watch = watch
+        self.watched = watched
+        self.looks = 0
+        """Looks so far (each :meth:`wait` that returned)."""
+        self._still = 0  # looks in a row that found the file unchanged
+        self._changed = False  # the watch fired while the loop slept on it
         self.rate = 0.0
         """Appends per second, as estimated at the last look."""
         self._woken = False  # an append, or a kick, since the last look
@@ -76,6 +103,11 @@ class Wakeup:
         self._wake()
 
     @property
+    def watching(self) -> bool:
+        """True if the next sleep without appends waits on the watch rather than ``seconds``."""
+        return self.watch is not None and self._still >= QUIET_LOOKS
+
+    @property
     def lingering(self) -> bool:
         """True if appends come fast enough that the next look waits for company."""
         return self.rate * self.linger >= _COMPANY
@@ -84,9 +116,13 @@ class Wakeup:
         """Return after ``seconds``, or sooner: at once for a kick, for an append at once after a
         quiet spell, or once the first append is ``linger`` old while appends keep coming.
 
-        One task waits at a time (the shipping loop)."""
+        With a watch and the file still, ``seconds`` stretch to ``watched`` and a write to the
+        file by anyone ends the sleep. One task waits at a time (the shipping loop)."""
         if not self._woken:
-            await self._sleep(seconds)
+            if self.watching:
+                await self._sleep_watched(max(seconds, self.watched))
+            else:
+                await self._sleep(seconds)
         if self._appends and not self._urgent and self.lingering:
             remaining = self._first + self.linger - time.monotonic()
             if remaining > 0 and not self._enough:
@@ -106,6 +142,22 @@ class Wakeup:
             timer.cancel()
             self._waiter = None
 
+    async def _sleep_watched(self, seconds: float) -> None:
+        """:meth:`_sleep`, woken also by a write to the watched file."""
+        assert self.watch is not None
+        loop = asyncio.get_running_loop()
+        fd = self.watch.fileno()
+        loop.add_reader(fd, self._file_changed)
+        try:
+            await self._sleep(seconds)
+        finally:
+            loop.remove_reader(fd)
+
+    def _file_changed(self) -> None:
+        if self.watch is not None and self.watch.changed():
+            self._changed = self._woken = True
+            self._wake()
+
     def _wake(self) -> None:
         if self._waiter is not None:
             _settle(self._waiter)
@@ -118,6 +170,14 @@ class Wakeup:
             self.rate = newest if self.rate == 0.0 else _SMOOTHING * newest + (1 - _SMOOTHING) * self.rate
         self._last_look = now
         self._appends = 0
+        self.looks += 1
+        watch = self.watch
+        if watch is not None:  # what changed before this look, this look reads
+            changed, self._changed = watch.changed() or self._changed, False
+            self._still = 0 if changed else self._still + 1
+            if watch.lost:
+                watch.close()
+                self.watch = None
         self._urgent = self._woken = self._enough = False
 
 

@@ -11,7 +11,7 @@ in alternating phases of ``SECONDS`` each, the order swapping every pair. A ship
 with ``drain()``, so its CPU covers shipping all it appended.
 
 While the alone outbox takes its turn, the other outbox's shipper is idle in the same process,
-looking for other writers' events every ``flush_interval``: that CPU lands in the alone phase
+looking for other writers' events (once a second on a still file): that CPU lands in the alone phase
 and would cancel out of the difference. So after the pairs the process's CPU rate is measured
 with the shipper idle, then with it stopped; the report carries both, and the caller adds the
 difference, per command at ``RATE``, back to each pair. The collector is frozen and off, as in
