@@ -90,29 +90,29 @@ _TEXT_TYPES = frozenset({"text", "character varying", "character"})
 _JSON_TYPES = frozenset({"json", "jsonb"})
 _JSON_CONTAINERS = frozenset({dict, list})
 
-Check = Callable[[list[Any]], Sequence[Any] | None]  # a column's values -> what to send, or None
+Check = Callable[[Sequence[Any]], Sequence[Any] | None]  # a column's values -> what to send, or None
 
 
 def _int_check(bits: int) -> Check:
     low, high = -(2**bits), 2**bits - 1
 
-    def check(values: list[Any]) -> Sequence[Any] | None:
+    def check(values: Sequence[Any]) -> Sequence[Any] | None:
         return values if low <= min(values) and max(values) <= high else None
 
     return check
 
 
-def _float_check(values: list[Any]) -> Sequence[Any] | None:
+def _float_check(values: Sequence[Any]) -> Sequence[Any] | None:
     if int in set(map(type, values)) and not -_FLOAT_EXACT <= min(values) <= max(values) <= _FLOAT_EXACT:
         return None  # Postgres would round an int this large from its digits: leave it to the text path
     return values
 
 
-def _text_check(values: list[Any]) -> Sequence[Any] | None:
+def _text_check(values: Sequence[Any]) -> Sequence[Any] | None:
     return values  # str by the typed read; no backslash in the slice: nothing to escape or refuse
 
 
-def _json_check(values: list[Any]) -> Sequence[Any] | None:
+def _json_check(values: Sequence[Any]) -> Sequence[Any] | None:
     if not set(map(type, values)) <= _JSON_CONTAINERS:
         return None  # a scalar: the text path writes it its own way
     from .routes import _fast_dumps, json_text  # what the text path writes (circular import)
@@ -164,7 +164,7 @@ def typed_encoder(
     if readers is None:
         return None
     decode = readers[0]  # typed: an int column's key must hold a JSON integer, a text one a string
-    key_getters = [operator.attrgetter(f"k{i}") for i in range(len(wanted))]
+    astuple = msgspec.structs.astuple  # a struct's fields k0, k1, .. in order, the unwanted keys after
 
     def rows(events: Sequence[EventRow]) -> list[tuple[Any, ...]] | None:
         try:
@@ -173,6 +173,9 @@ def typed_encoder(
                 return None
             # ValidationError: a value off its column's type, or a key whose presence changes the shape
             decoded = list(map(decode, texts))
+            # the wanted keys' values column by column: one tuple per event, transposed (0.20 us
+            # an event at nine keys, against 0.49 us for an attrgetter per key and event)
+            keys = list(zip(*map(astuple, decoded)))
             out: list[Any] = []
             for fill, check, index in plan:
                 if fill == 0:
@@ -188,7 +191,7 @@ def typed_encoder(
                 elif fill == 2:
                     out.append(texts)
                 elif check is not None:
-                    values = check(list(map(key_getters[index], decoded)))
+                    values = check(keys[index])
                     if values is None:
                         return None
                     out.append(values)
