@@ -36,7 +36,6 @@ _IN_MODIFY = 0x00000002
 _IN_ATTRIB = 0x00000004
 _IN_DELETE_SELF = 0x00000400
 _IN_MOVE_SELF = 0x00000800
-_IN_Q_OVERFLOW = 0x00004000
 _IN_IGNORED = 0x00008000
 _GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_IGNORED
 _HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then len bytes of name)
@@ -75,8 +74,8 @@ class FileWatch:
             while offset + _HEADER.size <= len(data):
                 _wd, mask, _cookie, size = _HEADER.unpack_from(data, offset)
                 offset += _HEADER.size + size
-                if mask & (_GONE | _IN_Q_OVERFLOW):
-                    self.lost = self.lost or bool(mask & _GONE)
+                if mask & _GONE:  # any other event, a queue overflow included, is only a change
+                    self.lost = True
 
     def close(self) -> None:
         if self._fd >= 0:
