@@ -33,6 +33,7 @@ from outbox.report import counted
 
 from .dsn import redact_dsn
 from .batching import MAX_BATCH_BYTES
+from .collector import for_shipping
 from .errors import ShipperError
 from .loop import Shipper, ShipperStats
 from .migrate import migrate as migrate_schema
@@ -288,6 +289,7 @@ def run_(log_level: str, log_format: str, **options: Any) -> None:
       OUTBOX_PATH=events.db DATABASE_URL=postgresql://bot@db/bot shipper run --log-format json
     """
     settings = _settings(options)
+    for_shipping()  # this process only ships (see shipper.collector)
     with log_to_stderr(log_level, log_format):
         stats = run(_serve(settings))
         log.info("stopped: shipped %d events (%d dead letters, %d retries)", stats.shipped, stats.dead, stats.retries)
@@ -394,6 +396,7 @@ def drain(log_level: str, log_format: str, timeout: float | None, as_json: bool,
       shipper drain --outbox events.db --timeout 300 --json
     """
     settings = _settings(options)
+    for_shipping()
     with log_to_stderr(log_level, log_format):
         result = run(_drain(settings, timeout))
     stats = result.stats

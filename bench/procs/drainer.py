@@ -43,6 +43,7 @@ import psutil  # type: ignore[import-untyped]
 
 from outbox import Event, OutboxReader
 from shipper import Shipper
+from shipper.collector import for_shipping
 from shipper.pgsink import PostgresSink
 from outbox.payload import compact_json
 from shipper.rows import COMMAND_COLUMNS, COMMAND_TOPIC, EVENT_COLUMNS
@@ -421,6 +422,7 @@ MODES: dict[str, Callable[[str, str, int], Coroutine[Any, Any, dict[str, Any]]]]
 def main(argv: list[str]) -> None:
     mode, path, dsn = argv[0], argv[1], argv[2]
     batch = int(argv[3]) if len(argv) > 3 else 1000
+    for_shipping()  # the collector as `shipper run` and `shipper drain` set it, in every mode (the baselines too)
     report = asyncio.run(MODES[mode](path, dsn, batch))
     report["pid"] = os.getpid()
     report["t_go"] = _released

@@ -23,6 +23,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 
 from shipper import Shipper
+from shipper.collector import for_shipping
 
 
 async def _backend_cpu(s: Shipper) -> float | None:
@@ -81,4 +82,5 @@ if __name__ == "__main__":
     parser.add_argument("dsn")
     parser.add_argument("--wait-go", action="store_true")
     parser.add_argument("--until", type=int, default=0)
+    for_shipping()  # the collector as `shipper run` sets it
     print(json.dumps(asyncio.run(main(parser.parse_args()))), flush=True)
