@@ -39,7 +39,7 @@ from .pgsink import PostgresSink
 from .progress import Progress
 from .readahead import ReadAhead
 from .room import open_when_room
-from .sink import Sink
+from .sink import Batch, Sink
 from .stats import ShipperStats
 from .wakeup import LINGER_S, WATCHED_S, Wakeup
 
@@ -154,6 +154,7 @@ class Shipper:
         self._last_kind: str | None = None
         self._fatal: BaseException | None = None
         self._ahead = ReadAhead(self.reader, sink, self._lease)
+        self._spent: Batch | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -398,6 +399,7 @@ class Shipper:
         return True
 
     async def _ship_once(self) -> int:
+        spent, self._spent = self._spent, None  # sent last time, a read-ahead after it (see ReadAhead.start)
         batch = await self._ahead.take(self._cursor)
         if batch is None:
             batch = await self._ahead.read_batch(self._cursor, self._sizer.limit, ahead=self._outbox is not None)
@@ -407,7 +409,8 @@ class Shipper:
         # Read the next batch while this one is in flight (see shipper.readahead). A short batch
         # means nothing more was there: no read-ahead.
         if self._sizer.read(batch):
-            self._ahead.start(batch.last_seq, self._sizer.limit)
+            self._ahead.start(batch.last_seq, self._sizer.limit, spent)
+        del spent
         started = time.monotonic()
         try:
             result = await self.sink.send(batch, self.reader.set_aside)
@@ -432,6 +435,7 @@ class Shipper:
             await self._notes.write(self._cursor)
             return 1
         self._cursor = batch.last_seq
+        self._spent = batch if self._ahead.pending else None  # the next read-ahead frees it
         self._notes.note()
         seconds = time.monotonic() - started
         self._sizer.sent(len(events), seconds)

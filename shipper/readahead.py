@@ -2,9 +2,11 @@
 
 Read, route and encode the next batch while this one is in flight: the read runs on the loop's
 thread in short steps once the query is sent, in the time the loop would spend waiting for
-Postgres, so a drain runs at about the speed of COPY alone. The loop reads ahead only after a
-full batch (a short one means nothing more was there), and drops the read-ahead whenever the
-batch it follows did not land where expected (a failure, a skip, a fork, losing the lease).
+Postgres, so a drain runs at about the speed of COPY alone. It routes in steps, and frees the
+batch sent before it, so that the loop's thread is never held long while it also feeds the COPY
+in flight to the socket. The loop reads ahead only after a full batch (a short one means
+nothing more was there), and drops the read-ahead whenever the batch it follows did not land
+where expected (a failure, a skip, a fork, losing the lease).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ import logging
 from outbox import OutboxReader, OutboxTextError
 
 from .lease import LeaseKeeper
+from .rows import Routed
 from .sink import Batch, Sink
 
-__all__ = ["ReadAhead"]
+__all__ = ["ReadAhead", "STEP"]
+
+STEP = 1024
+"""Events routed at a time by a read-ahead: ~1 ms of the loop's thread for typed rows here,
+less than the socket's buffer holds of the COPY in flight (see :func:`_route_in_steps`)."""
 
 log = logging.getLogger("shipper.loop")
 
@@ -36,7 +43,7 @@ class ReadAhead:
         """True while a batch is being (or has been) read ahead."""
         return self._prefetch is not None
 
-    async def read_batch(self, after: int, limit: int, *, ahead: bool = False) -> Batch | None:
+    async def read_batch(self, after: int, limit: int, *, ahead: bool = False, spent: Batch | None = None) -> Batch | None:
         """Read up to ``limit`` events after ``after`` and route them; None if nothing is pending.
 
         A read-ahead runs on the loop's thread (see ``OutboxReader.read_pending``), and so does
@@ -61,13 +68,22 @@ class ReadAhead:
             self.reader.outbox_id, after, events[-1].seq, events, lease=self.lease.token,
             router=getattr(self.sink, "router", None),
         )
+        if ahead and len(events) > STEP:
+            await _route_in_steps(batch)
         for table in batch.routed.tables:  # routed and encoded now, off the next send's critical path
             table.copy_text()
+        del spent  # the batch sent before, freed here, while the loop waits for Postgres
         return batch
 
-    def start(self, after: int, limit: int) -> None:
-        """Start reading the batch after ``after`` in the background."""
-        self._prefetch = (after, asyncio.ensure_future(self.read_batch(after, limit, ahead=True)))
+    def start(self, after: int, limit: int, spent: Batch | None = None) -> None:
+        """Start reading the batch after ``after`` in the background; it frees ``spent``, a batch
+        sent already, once it has routed its own, in the time the loop waits for Postgres.
+
+        Freeing a batch of 5,000 typed events (the rows, their values, the events) takes ~1.8 ms
+        of the loop's thread here: at the end of its send, when the next COPY is due and Postgres
+        has nothing to do, it cost a drain ~10%.
+        """
+        self._prefetch = (after, asyncio.ensure_future(self.read_batch(after, limit, ahead=True, spent=spent)))
 
     async def take(self, cursor: int) -> Batch | None:
         """Return the batch read ahead, if it starts at ``cursor``; None to read afresh."""
@@ -85,6 +101,29 @@ class ReadAhead:
         if self._prefetch is not None:
             _discard(self._prefetch[1])
             self._prefetch = None
+
+
+async def _route_in_steps(batch: Batch) -> None:
+    """Route and encode ``batch`` :data:`STEP` events at a time, letting the loop run between.
+
+    While the batch before it is in flight, the loop's thread also feeds that batch's COPY to
+    the socket. Routed whole, a batch of 5,000 typed events held the thread ~5 ms; a Unix
+    socket's send buffer (~200 kB: ~1,000 rows) lasted Postgres half that, and it then waited
+    for data the shipper had already encoded: a typed drain ran 10-15% below its speed with an
+    8 MB buffer. Routed in steps, the parts are joined into the tables the whole would have
+    made (:meth:`shipper.rows.Routed.joined`).
+    """
+    router = batch.router or Batch.default_router()
+    n = len(batch.events)
+    step = -(-n // -(-n // STEP))  # steps of equal size, none of them short (a short one would go as text)
+    parts = []
+    for start in range(0, n, step):
+        part = router.route(batch.events[start:start + step])
+        for table in part.tables:
+            table.copy_text()
+        parts.append(part)
+        await asyncio.sleep(0)
+    batch.routed_as(Routed.joined(parts))
 
 
 def _discard(task: asyncio.Future[Batch | None]) -> None:

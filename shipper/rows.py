@@ -8,13 +8,15 @@ Postgres converts to the columns' types, built in the shipper's read-ahead.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from outbox import Event
-from outbox.records import EventRow, rows_of
+from outbox.records import EventRow, EventRows, rows_of
 
 from .migrate import EVENT_TABLE
 
@@ -77,6 +79,31 @@ class Table:
             self._rows = [event[1:] for event in rows_of(self.events)]  # EVENT_COLUMNS: all but seq
         return self._rows
 
+    def _join_key(self) -> tuple[Any, ...]:
+        """What a part of this table must share with another to be joined to it (see
+        :meth:`Routed.joined`): the table, its columns, and how its rows are held."""
+        made = self.make_rows
+        how = (made.func, *map(id, made.args), *made.keywords) if isinstance(made, functools.partial) else made
+        kind = "records" if self.records is not None else "rows" if self._rows is not None else "text"
+        return (self.name, self.columns, self.conflict, self.types, id(self.spec), how, kind)
+
+    @staticmethod
+    def _join(parts: Sequence[Table]) -> Table:
+        """Parts of one table (of the same :meth:`_join_key`) as one, in their order."""
+        first = parts[0]
+        if all(type(part.events) is EventRows for part in parts):
+            events: Sequence[Event] = EventRows([row for part in parts for row in rows_of(part.events)])
+        else:
+            events = [event for part in parts for event in part.events]
+        texts = [part._text for part in parts]
+        return dataclasses.replace(
+            first,
+            events=events,
+            _rows=None if first._rows is None else [row for part in parts for row in part._rows or ()],
+            _text=None if None in texts else b"".join(texts),  # type: ignore[arg-type]
+            records=None if first.records is None else [record for part in parts for record in part.records or ()],
+        )
+
     def copy_text(self) -> bytes | None:
         """The rows in COPY's text format, or None where a binary COPY (of :attr:`records`, or
         else of :attr:`rows`) must do.
@@ -99,6 +126,25 @@ class Routed:
 
     tables: list[Table]
     refused: list[tuple[Event, str]]
+
+    @staticmethod
+    def joined(parts: Sequence[Routed]) -> Routed:
+        """The consecutive slices of one batch, routed each on its own, as one: each table's
+        parts joined (their events, their COPY text, typed records or rows, in order), so the
+        batch sends what it would routed whole: a COPY per table, set of columns and kind."""
+        groups: list[list[Table]] = []  # each table's parts, in the order the tables first came
+        into: dict[tuple[Any, ...], list[Table]] = {}
+        refused: list[tuple[Event, str]] = []
+        for part in parts:
+            refused += part.refused
+            for table in part.tables:
+                key = table._join_key()
+                group = into.get(key)
+                if group is None:
+                    group = into[key] = []
+                    groups.append(group)
+                group.append(table)
+        return Routed([group[0] if len(group) == 1 else Table._join(group) for group in groups], refused)
 
 
 # COPY's text format: a backslash starts an escape; tab, newline and CR separate fields and rows.

@@ -50,6 +50,18 @@ class Batch:
         previous batch is in flight, so the sink does not do it on the critical path)."""
         return (self.router or _BUILT_IN).route(self.events)
 
+    def routed_as(self, routed: Routed) -> None:
+        """Set :attr:`routed` to what a router made of these events elsewhere, in steps
+        (:mod:`shipper.readahead`); only before anything has read it."""
+        if "routed" in self.__dict__:
+            raise RuntimeError("this batch is routed already")
+        self.__dict__["routed"] = routed  # where cached_property keeps it
+
+    @staticmethod
+    def default_router() -> Router:
+        """The router of a batch given none: the built-in routes."""
+        return _BUILT_IN
+
 
 _BUILT_IN = Router()
 
