@@ -113,12 +113,11 @@ async def _route_in_steps(batch: Batch) -> None:
     8 MB buffer. Routed in steps, the parts are joined into the tables the whole would have
     made (:meth:`shipper.rows.Routed.joined`).
     """
-    router = batch.router or Batch.default_router()
     n = len(batch.events)
     step = -(-n // -(-n // STEP))  # steps of equal size, none of them short (a short one would go as text)
     parts = []
     for start in range(0, n, step):
-        part = router.route(batch.events[start:start + step])
+        part = batch.routing.route(batch.events[start:start + step])
         for table in part.tables:
             table.copy_text()
         parts.append(part)

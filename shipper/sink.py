@@ -48,7 +48,12 @@ class Batch:
     def routed(self) -> Routed:
         """The events split by table (computed once: the shipper's read-ahead does it while the
         previous batch is in flight, so the sink does not do it on the critical path)."""
-        return (self.router or _BUILT_IN).route(self.events)
+        return self.routing.route(self.events)
+
+    @property
+    def routing(self) -> Router:
+        """The router that routes this batch: its own, else the built-in routes."""
+        return self.router or _BUILT_IN
 
     def routed_as(self, routed: Routed) -> None:
         """Set :attr:`routed` to what a router made of these events elsewhere, in steps
@@ -56,11 +61,6 @@ class Batch:
         if "routed" in self.__dict__:
             raise RuntimeError("this batch is routed already")
         self.__dict__["routed"] = routed  # where cached_property keeps it
-
-    @staticmethod
-    def default_router() -> Router:
-        """The router of a batch given none: the built-in routes."""
-        return _BUILT_IN
 
 
 _BUILT_IN = Router()

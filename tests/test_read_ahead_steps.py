@@ -25,6 +25,7 @@ from outbox.records import EventRows
 from shipper import Batch, PostgresSink, Shipper
 from shipper import readahead
 from shipper.readahead import STEP
+from sending import send_collecting
 
 ROUTES = {"typed": "typed"}
 TABLE = """
@@ -33,6 +34,11 @@ CREATE TABLE typed (
     i8 bigint, s text, f8 double precision, j jsonb, d text DEFAULT 'dflt'
 )"""
 TABLES = ("typed", "command_calls", "outbox_events")
+
+
+def _id(i: int) -> str:
+    """The i-th of a run of canonical UUIDv7-shaped ids."""
+    return str(uuid.UUID(int=(0x01A0 << 112) | (7 << 76) | (2 << 62) | i))
 
 
 def _command(i: int) -> dict[str, Any]:
@@ -60,8 +66,7 @@ def _mixed(n: int) -> list[Event]:
         text = json.dumps(payload, separators=(",", ":"))
         if topic == "typed" and i % 2003 == 7:
             text = "[1, 2]"  # not an object: the route cannot read it
-        events.append(Event(i + 1, str(uuid.UUID(int=(0x01A0 << 112) | (7 << 76) | (2 << 62) | i)), topic, text,
-                            1_700_000_000_000_000 + i))
+        events.append(Event(i + 1, _id(i), topic, text, 1_700_000_000_000_000 + i))
     return events
 
 
@@ -79,17 +84,11 @@ async def _land(dsn: str, events: list[Event], *, steps: bool) -> dict[str, Any]
             if steps:
                 await readahead._route_in_steps(batch)
             shape = [(t.name, t.columns, t.records is not None) for t in batch.routed.tables]
-            refused: list[tuple[str, str]] = []
-
-            async def set_aside(failures: list[tuple[Event, str]]) -> None:
-                refused.extend((e.id, why) for e, why in failures)
-
-            result = await sink.send(batch, set_aside)
-            refused.extend((e.id, why) for e, why in result.rejected if (e.id, why) not in refused)
+            result, refused = await send_collecting(sink, batch)
         finally:
             await sink.close()
         landed = {t: [r[0] for r in await conn.fetch(f"SELECT (to_jsonb(x) - 'shipped_at')::text FROM {t} x ORDER BY id")] for t in TABLES}
-        return {"landed": landed, "refused": sorted(refused), "shipped": result.shipped, "shape": shape}
+        return {"landed": landed, "refused": refused, "shipped": result.shipped, "shape": shape}
     finally:
         await conn.close()
 
@@ -117,7 +116,7 @@ async def test_uniform_steps_join_into_the_tables_the_whole_batch_makes(pg_dsn: 
     await sink.open()
     try:
         for topic in ("typed", "bot_events", "command_calls"):
-            events = EventRows([Event(i + 1, str(uuid.UUID(int=(0x01A0 << 112) | (7 << 76) | (2 << 62) | i)), topic,
+            events = EventRows([Event(i + 1, _id(i), topic,
                                       json.dumps(_command(i) if topic == "command_calls" else {"i8": i, "s": "x", "f8": 0.5,
                                                  "j": [i], "d": "y"}), 1_700_000_000_000_000 + i)
                                 for i in range(2 * STEP + 77)])

@@ -27,6 +27,7 @@ from outbox import Event, Outbox
 from shipper import Batch, PostgresSink, Shipper
 from shipper.routes import Column, TableSpec
 from shipper.typedrows import _canonical_uuids
+from sending import send_collecting
 
 TABLE = """
 CREATE TABLE typed (
@@ -90,17 +91,11 @@ async def _ship(dsn: str, events: list[Event], *, typed: bool) -> tuple[list[str
                 await sink.conn.execute("TRUNCATE outbox_ledger")
                 batch = Batch(str(uuid.uuid4()), 0, events[-1].seq, events, router=sink.router)
                 kinds = [t.records is not None for t in batch.routed.tables]
-                refused: list[tuple[str, str]] = []
-
-                async def set_aside(failures: list[tuple[Event, str]]) -> None:
-                    refused.extend((e.id, why) for e, why in failures)
-
-                result = await sink.send(batch, set_aside)
-                refused.extend((e.id, why) for e, why in result.rejected if (e.id, why) not in refused)
+                _, refused = await send_collecting(sink, batch)
             finally:
                 await sink.close()
         rows = [r[0] for r in await conn.fetch("SELECT row_to_json(t)::text FROM typed t ORDER BY id")]
-        return rows, sorted(refused), kinds
+        return rows, refused, kinds
     finally:
         await conn.close()
 
